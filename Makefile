@@ -1,0 +1,28 @@
+# Two entry points (see README): `make reproduce` and `make test`.
+# Both create .venv/ on first use; later runs reuse it until pyproject or the install script change.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: reproduce test env clean-env
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(PYTHON) $(VENV)
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	dvc repro
+	@echo
+	@cat results/results.md
+
+test: $(STAMP)
+	pytest -q
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,92 @@
+"""Image datasets in the ImageNet folder layout (`<root>/<split>/<class>/*.JPEG`) and loaders.
+
+The same code reads the embedded synthetic dataset and real ImageNet; a missing folder or
+a corrupt image is a `DataError` naming the path, never a bare PIL traceback.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from mim.engine import epoch_seed
+from mim.errors import DataError
+
+IMG_EXTENSIONS = (".jpeg", ".jpg", ".png")
+# ImageNet statistics (used by every paper here, and kept for the embedded data).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def open_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+class ImageFolder(Dataset):
+    """`<root>/<class>/<image>` with classes sorted by name -> label index."""
+
+    def __init__(self, root: Path, transform: Callable[[Image.Image], Any] | None = None, limit_per_class: int = 0) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"image folder not found: {root}")
+        self.root = root
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not self.classes:
+            raise DataError(f"{root} has no class sub-folders (expected <class>/<image>.JPEG)")
+        self.samples: list[tuple[Path, int]] = []
+        for label, cls in enumerate(self.classes):
+            files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+            if limit_per_class:
+                files = files[:limit_per_class]
+            self.samples += [(p, label) for p in files]
+        if not self.samples:
+            raise DataError(f"{root} holds no images ({', '.join(IMG_EXTENSIONS)})")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        path, label = self.samples[i]
+        img = open_rgb(path)
+        return (self.transform(img) if self.transform else img), label
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    epoch: int,
+    seed: int,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    num_workers: int = 0,
+    collate_fn: Callable[..., Any] | None = None,
+) -> DataLoader:
+    """A loader whose order and augmentation depend only on (seed, epoch): resumable runs."""
+    g = torch.Generator()
+    g.manual_seed(epoch_seed(seed, epoch))
+    sampler = None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler.set_epoch(epoch)
+        shuffle = False
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        generator=g,
+        collate_fn=collate_fn,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )

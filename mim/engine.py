@@ -1,0 +1,276 @@
+"""The training loop shared by every stage: schedules, AMP, accumulation, checkpoint/resume, logs.
+
+A method hands `fit` a `Task`: the module to train, a `step(model, batch) -> (loss, logs)`
+function, a deterministic `loader(epoch)`, and optional hooks (EMA update, evaluation).
+`fit` owns the rest so every stage resumes the same way:
+
+* the checkpoint (state_dicts + the resolved config as plain data) is written atomically at
+  the end of every epoch; it loads with `torch.load(weights_only=True)`;
+* on start, a checkpoint whose config equals the current one is resumed from the next
+  epoch; one with another config is ignored (and replaced), so a changed param never mixes
+  two runs;
+* every epoch reseeds torch from (seed, epoch) and the loader is seeded from the epoch too,
+  so a run killed at any point and resumed ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mim.checkpoint import load_checkpoint, save_checkpoint
+from mim.errors import MimError
+from mim.schedules import cosine_schedule
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """Optimizer and schedule.  lr = base_lr * effective_batch / 256 (MAE/DINO convention)."""
+
+    epochs: int
+    batch_size: int  # images per optimizer step, summed over processes and accumulation
+    base_lr: float
+    accum_steps: int = 1
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine wd schedule (DINO); None = constant
+    betas: tuple[float, float] = (0.9, 0.95)
+    momentum: float = 0.9  # SGD only
+    clip_grad: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """How a run executes (not what it learns)."""
+
+    seed: int = 0
+    num_workers: int = 0
+    amp: bool = True  # bf16 autocast on CUDA; CPU runs stay in fp32 for determinism
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+
+
+@dataclass
+class Task:
+    """What a method hands the engine."""
+
+    model: nn.Module
+    step: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor | float]]]
+    loader: Callable[[int], Iterable[Any]]  # epoch -> batches, deterministic given epoch
+    steps_per_epoch: int  # loader batches per epoch (before accumulation)
+    param_groups: list[dict[str, Any]]  # may carry "lr_scale" and "weight_decay"
+    after_step: Callable[[int], None] | None = None  # called with the optimizer step index
+    evaluate: Callable[[int], dict[str, float]] | None = None  # epoch -> metrics
+    extra_state: dict[str, Any] = field(default_factory=dict)  # objects with state_dict()
+
+
+def scaled_lr(cfg: OptimConfig) -> float:
+    return cfg.base_lr * cfg.batch_size / 256
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def init_distributed() -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(device())
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def fit(
+    task: Task,
+    optim: OptimConfig,
+    run: RunConfig,
+    *,
+    checkpoint: Path,
+    log_dir: Path,
+    config: dict[str, Any],
+    desc: str,
+) -> dict[str, float]:
+    """Train `task` for optim.epochs; returns the last epoch's metrics."""
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    dev = device()
+    model = task.model.to(dev)
+    train_model: nn.Module = model
+    if dist.is_initialized():
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+
+    opt = _make_optimizer(task.param_groups, optim)
+    updates_per_epoch = max(1, task.steps_per_epoch // optim.accum_steps)
+    total = optim.epochs * updates_per_epoch
+    lr_sched = cosine_schedule(scaled_lr(optim), optim.min_lr, total, int(optim.warmup_epochs * updates_per_epoch))
+    wd_end = optim.weight_decay if optim.weight_decay_end is None else optim.weight_decay_end
+    wd_sched = cosine_schedule(optim.weight_decay, wd_end, total, 0)
+
+    start_epoch = 0
+    state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+    if state is not None and state.get("config") == config and state["epoch"] + 1 <= optim.epochs:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        for name, obj in task.extra_state.items():
+            obj.load_state_dict(state["extra"][name])
+        start_epoch = state["epoch"] + 1
+        _say(f"{desc}: resuming from {checkpoint} after epoch {start_epoch}/{optim.epochs}")
+    elif state is not None:
+        _say(f"{desc}: {checkpoint} holds another config; starting afresh")
+
+    live = _live(log_dir, resume=start_epoch > 0)
+    metrics: dict[str, float] = dict(state.get("metrics", {})) if start_epoch > 0 and state else {}
+    use_amp = run.amp and dev.type == "cuda"
+    for epoch in range(start_epoch, optim.epochs):
+        seed_everything(epoch_seed(run.seed, epoch))
+        model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        progress = _progress(task.loader(epoch), total=task.steps_per_epoch, desc=f"{desc} {epoch + 1}/{optim.epochs}")
+        opt.zero_grad(set_to_none=True)
+        for i, batch in enumerate(progress):
+            if i >= updates_per_epoch * optim.accum_steps:
+                break
+            it = epoch * updates_per_epoch + i // optim.accum_steps
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, logs = task.step(train_model, _to(batch, dev))
+            if not torch.isfinite(loss):
+                raise MimError(f"{desc}: loss is {loss.item()} at epoch {epoch + 1}, batch {i}; lower the lr or check the data")
+            (loss / optim.accum_steps).backward()
+            if (i + 1) % optim.accum_steps == 0:
+                for g in opt.param_groups:
+                    g["lr"] = lr_sched[it] * g.get("lr_scale", 1.0)
+                    if g.get("weight_decay", 0.0) > 0:
+                        g["weight_decay"] = wd_sched[it] * g.get("wd_scale", 1.0)
+                if optim.clip_grad:
+                    nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if task.after_step is not None:
+                    task.after_step(it)
+            logs = {"loss": loss.detach(), **logs}
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+            if hasattr(progress, "set_postfix"):
+                progress.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr_sched[it]:.2e}")
+        metrics = {f"train/{k}": v / max(n, 1) for k, v in sums.items()}
+        metrics["lr"] = float(lr_sched[min((epoch + 1) * updates_per_epoch, total) - 1])
+        if task.evaluate is not None:
+            metrics.update(task.evaluate(epoch))
+        if live is not None:
+            for k, v in metrics.items():
+                live.log_metric(k, v)
+            live.next_step()
+        if is_main():
+            save_checkpoint(
+                checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "extra": {k: v.state_dict() for k, v in task.extra_state.items()},
+                    "epoch": epoch,
+                    "config": config,
+                    "metrics": metrics,
+                },
+            )
+    if live is not None:
+        live.end()
+    return metrics
+
+
+def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=scaled_lr(cfg), betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=scaled_lr(cfg), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise MimError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
+
+
+def param_groups_weight_decay(model: nn.Module, weight_decay: float, no_decay: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Two groups: weights decayed; biases, norms (1-D) and the named tokens not decayed."""
+    skip = set(no_decay)
+    decay, no = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name in skip or name.split(".")[-1] in skip:
+            no.append(p)
+        else:
+            decay.append(p)
+    return [{"params": no, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def _to(batch: Any, dev: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dev, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, dev) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, dev) for k, v in batch.items()}
+    return batch
+
+
+def _live(log_dir: Path, resume: bool) -> Any:
+    if not is_main():
+        return None
+    from dvclive import Live  # lazy: dvclive imports dvc
+
+    return Live(str(log_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
+
+
+def _progress(it: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
+    if not is_main():
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=2.0)
+
+
+def _say(msg: str) -> None:
+    if is_main():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def steps_for(n_items: int, batch_size: int, drop_last: bool = True) -> int:
+    """Loader batches per epoch for n_items split over this process."""
+    per_proc = n_items // world_size()
+    return per_proc // batch_size if drop_last else math.ceil(per_proc / batch_size)
+
+
+def local_batch(cfg: OptimConfig) -> int:
+    """Per-process loader batch so that processes x accumulation x it = cfg.batch_size."""
+    per = cfg.batch_size // (world_size() * cfg.accum_steps)
+    if per < 1 or per * world_size() * cfg.accum_steps != cfg.batch_size:
+        raise MimError(
+            f"batch_size {cfg.batch_size} is not divisible by processes ({world_size()}) x accum_steps ({cfg.accum_steps})"
+        )
+    return per

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment and install everything it needs, pinned.
+# Usage: scripts/install.sh [python] [venv-dir]. Registries only; pip's cache is reused when warm.
+set -euo pipefail
+PY=${1:-python3}
+VENV=${2:-.venv}
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "creating $VENV with $($PY --version)"
+    "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24" 
+"$VENV/bin/python" -m pip install --quiet -e ".[test]"
+echo "installed: $("$VENV/bin/python" -c 'import torch, timm, dvc; print("torch", torch.__version__, "timm", timm.__version__)')"

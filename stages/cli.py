@@ -1,0 +1,29 @@
+"""`mimrepro`: one subcommand per DVC stage.  `mimrepro STAGE --help` explains each."""
+from __future__ import annotations
+
+import click
+
+from mim.config import read_yaml
+from stages.common import PROFILE_FILE
+
+PROFILES = ("smoke", "micro", "paper")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Reproduce MAE, BEiT, DINO and Img2Vec end to end; `dvc repro` chains these stages."""
+
+
+@main.command("profile")
+@click.argument("name", required=False, type=click.Choice(PROFILES))
+def profile(name: str | None) -> None:
+    """Show or switch the active params profile (smoke, micro, paper) in params/profile.yaml."""
+    if name is None:
+        click.echo(read_yaml(PROFILE_FILE)["profile"] if PROFILE_FILE.is_file() else "smoke")
+        return
+    PROFILE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    PROFILE_FILE.write_text(
+        "# Active profile: params/<profile>.yaml feeds every stage (switch: mimrepro profile NAME)\n"
+        f"profile: {name}\n"
+    )
+    click.echo(f"profile: {name} (params/{name}.yaml); run `dvc repro` to rebuild what changed")

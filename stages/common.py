@@ -1,0 +1,48 @@
+"""Shared pieces of the stage commands: the --params option and clean error reporting."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from mim.config import read_yaml
+from mim.errors import MimError
+
+PROFILE_FILE = Path("params/profile.yaml")
+
+
+def default_params() -> str:
+    """params/<profile>.yaml for the profile named in params/profile.yaml (smoke if absent)."""
+    if "MIMREPRO_PARAMS" in os.environ:
+        return os.environ["MIMREPRO_PARAMS"]
+    profile = "smoke"
+    if PROFILE_FILE.is_file():
+        profile = str(read_yaml(PROFILE_FILE).get("profile", profile))
+    return f"params/{profile}.yaml"
+
+
+def params_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--params",
+        "params_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=default_params,
+        show_default="params/<profile>.yaml",
+        help="Params file of the profile to run (see params/profile.yaml).",
+    )(f)
+
+
+def user_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Report MimError (bad params, missing paths, corrupt files) as a clear message, exit 2."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except MimError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper

@@ -1,0 +1,70 @@
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from mim.errors import MimError
+from mim.export import load_encoder, read_encoder, save_encoder
+from mim.vit import ViTConfig, ViTEncoder, sincos_pos_embed, vit_base, vit_large, vit_tiny
+
+
+def small() -> ViTEncoder:
+    return ViTEncoder(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2))
+
+
+def test_patchify_roundtrip_and_order():
+    enc = small()
+    x = torch.randn(2, 3, 32, 32)
+    patches = enc.patchify(x)  # (N, L, p*p*C)
+    assert patches.shape == (2, 16, 8 * 8 * 3)
+    assert torch.equal(enc.unpatchify(patches), x)
+    # patch 1 is the second patch of the first row, channels last
+    assert torch.equal(patches[0, 1].view(8, 8, 3), x[0, :, 0:8, 8:16].permute(1, 2, 0))
+
+
+def test_sincos_is_fixed_and_distinct():
+    pe = sincos_pos_embed(32, 4)
+    assert pe.shape == (17, 32) and (pe[0] == 0).all()
+    rows = torch.from_numpy(pe[1:])
+    assert torch.cdist(rows, rows).add(torch.eye(16)).min() > 1e-3  # every position distinct
+    assert not small().pos_embed.requires_grad
+
+
+def test_keep_subset_equals_full_on_kept_when_depth_zero():
+    enc = ViTEncoder(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=0, num_heads=2)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ids = torch.tensor([[0, 5, 7], [3, 2, 15]])
+    full = enc.forward_features(x)[:, 1:]
+    part = enc.forward_features(x, ids)[:, 1:]
+    assert torch.allclose(part, torch.gather(full, 1, ids.unsqueeze(-1).expand(-1, -1, 32)), atol=1e-6)
+
+
+def test_export_loads_into_timm_strictly(tmp_path):
+    enc = vit_tiny().eval()
+    save_encoder(tmp_path / "e.safetensors", enc)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0).eval()
+    missing, unexpected = model.load_state_dict(load_file(tmp_path / "e.safetensors"), strict=True)
+    assert not missing and not unexpected
+    x = torch.randn(1, 3, 224, 224)
+    assert torch.allclose(model.forward_features(x), enc(x), atol=1e-5)
+    again = load_encoder(tmp_path / "e.safetensors").eval()
+    assert torch.equal(again(x), enc(x))
+    cfg, _, meta = read_encoder(tmp_path / "e.safetensors")
+    assert cfg == enc.cfg and meta["format"].startswith("mimrepro-vit-encoder")
+
+
+def test_bad_encoder_file_is_clear(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(MimError, match="cannot read encoder"):
+        read_encoder(bad)
+    with pytest.raises(MimError, match="not found"):
+        read_encoder(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("ctor, millions", [(vit_base, 85.8), (vit_large, 303.1)])
+def test_paper_sizes_param_counts_on_meta(ctor, millions):
+    with torch.device("meta"):
+        enc = ctor()
+    n = sum(p.numel() for p in enc.parameters() if p.requires_grad)
+    assert abs(n / 1e6 - millions) < 0.2, n
