@@ -167,9 +167,8 @@ def fit(
             (loss / optim.accum_steps).backward()
             if (i + 1) % optim.accum_steps == 0:
                 for g in opt.param_groups:
-                    g["lr"] = lr_sched[it] * g.get("lr_scale", 1.0)
-                    if g.get("weight_decay", 0.0) > 0:
-                        g["weight_decay"] = wd_sched[it] * g.get("wd_scale", 1.0)
+                    g["lr"] = float(lr_sched[it]) * g.get("lr_scale", 1.0)
+                    g["weight_decay"] = float(wd_sched[it]) * g["wd_scale"]
                 if optim.clip_grad:
                     nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad)
                 opt.step()
@@ -208,6 +207,8 @@ def fit(
 
 
 def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    for g in groups:  # groups created with weight_decay 0 (norms, biases) stay undecayed
+        g.setdefault("wd_scale", 1.0 if g.get("weight_decay", cfg.weight_decay) > 0 else 0.0)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=scaled_lr(cfg), betas=cfg.betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":

@@ -4,12 +4,23 @@ from __future__ import annotations
 import click
 
 from mim.config import read_yaml
+from mim.errors import MimError
 from stages.common import PROFILE_FILE
 
 PROFILES = ("smoke", "micro", "paper")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Turns user-facing errors (MimError) into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except MimError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Reproduce MAE, BEiT, DINO and Img2Vec end to end; `dvc repro` chains these stages."""
 

@@ -1,7 +1,6 @@
 """Shared pieces of the stage commands: the --params option and clean error reporting."""
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -9,7 +8,6 @@ from typing import Any, Callable
 import click
 
 from mim.config import read_yaml
-from mim.errors import MimError
 
 PROFILE_FILE = Path("params/profile.yaml")
 
@@ -33,16 +31,3 @@ def params_option(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default="params/<profile>.yaml",
         help="Params file of the profile to run (see params/profile.yaml).",
     )(f)
-
-
-def user_errors(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Report MimError (bad params, missing paths, corrupt files) as a clear message, exit 2."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except MimError as e:
-            raise click.ClickException(str(e)) from None
-
-    return wrapper
