@@ -189,8 +189,7 @@ def read_manifest(path: str | Path = Path("data") / MANIFEST) -> Manifest:
     if not path.is_file():
         raise DataError(f"dataset manifest not found: {path} (run `mimrepro prepare-data` or `dvc repro prepare-data`)")
     try:
-        doc = json.loads(path.read_text())
-        ds = doc["datasets"]
+        ds = json.loads(path.read_text())
         roots = {k: Path(ds[k]["root"]) for k in ("imagenet", "coco", "ade20k")}
         return Manifest(
             **{k: (r if r.is_absolute() else path.parent / r) for k, r in roots.items()},
@@ -243,7 +242,7 @@ def build(cfg: DataConfig, out: Path, progress: Progress = _silent) -> dict[str,
         info = validate_ade20k(out / rel, classes=c.classes)
         info["class_names"] = list(synth.SHAPE_NAMES[: c.classes])
         ds["ade20k"] = {"root": rel, "embedded": True, **info}
-    manifest = {"version": 1, "seed": cfg.seed, "datasets": {k: ds[k] for k in ("imagenet", "coco", "ade20k")}}
+    manifest = {"version": 1, "seed": cfg.seed, **ds}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 

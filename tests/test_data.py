@@ -184,7 +184,7 @@ def test_corrupt_image_is_a_data_error(tmp_path):
 def test_manifest_errors(tmp_path):
     with pytest.raises(DataError, match="dataset manifest not found: .*prepare-data"):
         read_manifest(tmp_path / "manifest.json")
-    (tmp_path / "manifest.json").write_text(json.dumps({"datasets": {}}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"imagenet": {"root": "x"}}))
     with pytest.raises(DataError, match="not a valid dataset manifest"):
         read_manifest(tmp_path / "manifest.json")
 
