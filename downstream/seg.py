@@ -56,6 +56,14 @@ class SegmentConfig:
     log_interval: int = 50
 
 
+# Reported ADE20K UperNet mIoU of ViT-B students (../shared/papers.md), for the results table.
+PAPER_MIOU: dict[str, float] = {
+    "mae": 48.1,  # MAE paper (He et al. 2111.06377), ADE20K UperNet ViT-B
+    "beit": 47.1,  # BEiT ViT-B as reproduced in the MAE paper
+    "img2vec": 50.7,  # Img2Vec abstract (Pan et al. 2304.12535); model size not stated there
+}
+
+
 # --- dataset ---------------------------------------------------------------------------------
 SPLITS = ("training", "validation")
 
@@ -66,21 +74,27 @@ class SegData:
     classes: tuple[str, ...]  # label k (1..K in the PNGs) is classes[k-1]; 0 = other/ignore
 
 
-def ade20k_root(manifest: Path) -> Path:
-    """The ADEChallengeData2016 folder named by data/manifest.json (key `ade20k`)."""
+def find_data(manifest: Path) -> SegData:
+    """The ADE20K root and class names from data/manifest.json (written by prepare-data).
+
+    Its `ade20k` entry: {"root": absolute, or relative to the manifest's folder, "classes": K,
+    "class_names": [...]}; without "classes", K is the largest label in the annotations.
+    """
     if not manifest.is_file():
-        raise DataError(f"{manifest} not found; run `mimrepro prepare-data` first")
-    entry = json.loads(manifest.read_text()).get("ade20k")
-    if isinstance(entry, dict):
-        entry = entry.get("root") or entry.get("path")
-    if not isinstance(entry, str):
-        raise DataError(f"{manifest} has no 'ade20k' dataset root")
-    root = Path(entry)
-    if not root.is_absolute():  # relative to the project root (where dvc runs), as the manifest writes it
-        root = Path.cwd() / root
-    if not (root / "images").is_dir() and (root / "ADEChallengeData2016" / "images").is_dir():
-        root = root / "ADEChallengeData2016"
-    return root
+        raise DataError(f"dataset manifest not found: {manifest} (run `mimrepro prepare-data` or `dvc repro prepare-data`)")
+    try:
+        entry = json.loads(manifest.read_text())["ade20k"]
+        root = Path(entry["root"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{manifest}: no ADE20K root ({type(e).__name__}: {e})") from None
+    root = root if root.is_absolute() else manifest.parent / root
+    check_layout(root)
+    k = int(entry["classes"]) if entry.get("classes") else max_label(root)
+    if k < 1:
+        raise DataError(f"{root}/annotations hold no labelled pixel (every label is 0 = other)")
+    names = list(entry.get("class_names") or [])[:k]
+    names += [f"class_{i}" for i in range(len(names) + 1, k + 1)]
+    return SegData(root=root, classes=tuple(names))
 
 
 def check_layout(root: Path) -> None:
@@ -92,22 +106,6 @@ def check_layout(root: Path) -> None:
     for split in SPLITS:
         if not any((root / "images" / split).glob("*.jpg")):
             raise DataError(f"ADE20K layout: no .jpg images in {root / 'images' / split}")
-
-
-def read_classes(root: Path, manifest: Path | None = None) -> tuple[str, ...]:
-    """Class names of the dataset, from (in order) the manifest, ADE's objectInfo150.txt, or the labels."""
-    if manifest is not None and manifest.is_file():
-        entry = json.loads(manifest.read_text()).get("ade20k")
-        if isinstance(entry, dict) and entry.get("classes"):
-            return tuple(str(c) for c in entry["classes"])
-    info = root / "objectInfo150.txt"  # real ADEChallengeData2016: "Idx Ratio Train Val Name" (tab separated)
-    if info.is_file():
-        rows = [line.split("\t") for line in info.read_text().splitlines()[1:] if line.strip()]
-        return tuple(r[-1].split(",")[0].strip() for r in rows)
-    top = max_label(root)
-    if top < 1:
-        raise DataError(f"{root}/annotations hold no labelled pixel (every label is 0 = other)")
-    return tuple(f"class_{k}" for k in range(1, top + 1))
 
 
 def max_label(root: Path) -> int:
@@ -123,12 +121,6 @@ def max_label(root: Path) -> int:
     return top
 
 
-def find_data(manifest: Path) -> SegData:
-    root = ade20k_root(manifest)
-    check_layout(root)
-    return SegData(root=root, classes=read_classes(root, manifest))
-
-
 # --- the mmseg config ---------------------------------------------------------------------------
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
@@ -138,11 +130,13 @@ def build_config(
     cfg: SegmentConfig, run: RunConfig, data: SegData, encoder: Path, work_dir: Path, *, cuda: bool
 ) -> dict[str, Any]:
     """The complete mmseg/mmengine config as a plain dict."""
-    from downstream.seg_backbone import pyramid_rescales  # noqa: PLC0415  (torch, timm: no mmseg)
+    from downstream.seg_backbone import PYRAMID_STRIDES, pyramid_rescales  # noqa: PLC0415  (torch, timm: no mmseg)
 
     vit, _, _ = read_encoder(encoder)
     if cfg.batch_size % world_size():
         raise MimError(f"segment.batch_size {cfg.batch_size} is not divisible by the {world_size()} processes")
+    if len(cfg.out_blocks) != len(PYRAMID_STRIDES):
+        raise MimError(f"segment.out_blocks needs {len(PYRAMID_STRIDES)} blocks (one per pyramid level), got {list(cfg.out_blocks)}")
     if not 0 <= cfg.warmup_iters < cfg.iters:
         raise MimError(f"segment.warmup_iters must be in [0, iters={cfg.iters}), got {cfg.warmup_iters}")
     crop = (cfg.crop_size, cfg.crop_size)

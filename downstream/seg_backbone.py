@@ -53,8 +53,8 @@ class MimViT(nn.Module):
         super().__init__()
         cfg, state, _ = read_encoder(Path(encoder))
         out = tuple(int(b) for b in out_blocks)
-        if not out or list(out) != sorted(set(out)) or out[0] < 1 or out[-1] > cfg.depth:
-            raise MimError(f"segment.out_blocks must be increasing block numbers in 1..{cfg.depth}, got {list(out)}")
+        if not out or list(out) != sorted(out) or out[0] < 1 or out[-1] > cfg.depth:
+            raise MimError(f"segment.out_blocks must be non-decreasing block numbers in 1..{cfg.depth}, got {list(out)}")
         if img_size % cfg.patch_size:
             raise MimError(f"segment crop size {img_size} is not a multiple of the patch size {cfg.patch_size}")
         self.out_blocks = out
@@ -106,12 +106,12 @@ class MimViT(nn.Module):
         x = self.vit.patch_embed(imgs) + pos[:, 1:, :]  # (N, L, D)
         cls = (self.vit.cls_token + pos[:, :1, :]).expand(n, -1, -1)
         x = torch.cat([cls, x], dim=1)  # (N, 1+L, D)
-        feats = []
+        maps = {}
         for i, blk in enumerate(self.vit.blocks, start=1):
             x = blk(x)
             if i in self.out_blocks:
-                feats.append(x[:, 1:, :].transpose(1, 2).reshape(n, self.embed_dim, *grid))  # (N, D, h, w)
-        return tuple(feats)
+                maps[i] = x[:, 1:, :].transpose(1, 2).reshape(n, self.embed_dim, *grid)  # (N, D, h, w)
+        return tuple(maps[b] for b in self.out_blocks)  # a block may feed several levels (shallow ViTs)
 
 
 def _block_index(key: str) -> int:

@@ -7,15 +7,20 @@
 # downstream/mmcv_ext_shim.py stands in for `mmcv._ext` in memory (never in site-packages)
 # and raises if any compiled op is called.  mmseg 1.2.2 asserts mmcv < 2.2.0.
 #
-# GPU users who want full mmcv (CUDA ops; same results for this stage) instead run, in the venv:
+# GPU users who want full mmcv (compiled CUDA ops; this stage gives the same results with either)
+# build it from source instead (10-22 min on 2 cores; not run by this script). torch 2.14's headers
+# need C++20 and mmcv 2.1.0's setup.py hard-codes -std=c++17 after any CXXFLAGS, so edit it:
+#   pip download --no-deps --no-binary :all: --no-build-isolation mmcv==2.1.0 -d /tmp/mmcv
+#   tar xzf /tmp/mmcv/mmcv-2.1.0.tar.gz -C /tmp/mmcv
+#   sed -i 's/c++17/c++20/g' /tmp/mmcv/mmcv-2.1.0/setup.py
 #   pip uninstall -y mmcv-lite
-#   MMCV_WITH_OPS=1 MAX_JOBS=8 CXXFLAGS=-std=c++20 \
-#     pip install --no-build-isolation --no-cache-dir mmcv==2.1.0
-# (torch 2.14 needs C++20; mmcv's setup.py asks for C++17 and fails without the flag.)
+#   MMCV_WITH_OPS=1 MAX_JOBS=8 pip install --no-build-isolation --no-cache-dir /tmp/mmcv/mmcv-2.1.0
+# (setuptools<81 is pinned by the project: mmcv's build imports pkg_resources.) Rerunning this
+# script afterwards keeps full mmcv; the shim then stays out of the way.
 set -euo pipefail
 VENV=${1:-.venv}
-PY="$VENV/bin/python"
-[ -x "$PY" ] || { echo "install_mmseg.sh: no python at $PY (run scripts/install.sh first)" >&2; exit 1; }
+[ -x "$VENV/bin/python" ] || { echo "install_mmseg.sh: no python at $VENV/bin/python (run scripts/install.sh first)" >&2; exit 1; }
+PY="$(cd "$VENV" && pwd)/bin/python"
 PINS=(
     "mmengine==0.10.7"
     "mmcv-lite==2.1.0"

@@ -36,5 +36,6 @@ def segment(student: str, manifest: Path, params_path: Path) -> None:
     if not is_main() or not per_class:
         return
     write_per_class(out / f"{student}_per_class.csv", per_class)
-    write_json(out / f"{student}.json", {**summary, "num_classes": len(per_class["class"]), "iters": cfg.iters})
+    metrics = {k: round(v, 2) for k, v in summary.items()}  # IoUMetric's own rounding (%, 2 decimals)
+    write_json(out / f"{student}.json", {**metrics, "num_classes": len(per_class["class"]), "iters": cfg.iters})
     click.echo(f"segment {student}: mIoU {summary['mIoU']:.2f}  mAcc {summary['mAcc']:.2f}  aAcc {summary['aAcc']:.2f}  ({cfg.iters} iters)")

@@ -8,12 +8,13 @@ import numpy as np
 from PIL import Image
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 80, 230), (230, 210, 40)]  # class k+1 is COLOURS[k]
+NAMES = ["red", "green", "blue", "yellow"]
 
 
 def make_ade(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
-    """Write <root>/ADEChallengeData2016/{images,annotations}/{training,validation} and a manifest."""
+    """Write <root>/ade20k/ADEChallengeData2016/{images,annotations}/{training,validation} and <root>/manifest.json."""
     rng = np.random.default_rng(seed)
-    ade = root / "ADEChallengeData2016"
+    ade = root / "ade20k" / "ADEChallengeData2016"
     for split, n in (("training", n_train), ("validation", n_val)):
         (ade / "images" / split).mkdir(parents=True, exist_ok=True)
         (ade / "annotations" / split).mkdir(parents=True, exist_ok=True)
@@ -31,5 +32,7 @@ def make_ade(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64, seed:
             Image.fromarray(img).save(ade / "images" / split / f"{name}.jpg", quality=95)
             Image.fromarray(lab).save(ade / "annotations" / split / f"{name}.png")
     manifest = root / "manifest.json"
-    manifest.write_text(json.dumps({"ade20k": str(ade)}))
+    # as prepare-data writes it: root relative to the manifest's folder, K classes with labels 1..K
+    entry = {"root": "ade20k/ADEChallengeData2016", "classes": len(COLOURS), "class_names": NAMES, "embedded": True}
+    manifest.write_text(json.dumps({"version": 1, "ade20k": entry}))
     return manifest

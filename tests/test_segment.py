@@ -83,6 +83,8 @@ def test_backbone_levels_strides_channels(tmp_path, patch, crop):
     neck = Feature2Pyramid(embed_dim=32, rescales=pyramid_rescales(patch), norm_cfg=dict(type="BN"))
     levels = neck(backbone(torch.randn(2, 3, crop, crop)))
     assert [tuple(f.shape) for f in levels] == [(2, 32, crop // s, crop // s) for s in (4, 8, 16, 32)]
+    shallow = MimViT(str(tmp_path / "e.safetensors"), out_blocks=(1, 1, 2, 2), img_size=crop)  # 4 levels, 2 blocks
+    assert len(shallow(torch.randn(1, 3, crop, crop))) == 4 and len(shallow.vit.blocks) == 2
     with pytest.raises(MimError, match="out_blocks"):
         MimViT(str(tmp_path / "e.safetensors"), out_blocks=(2, 1), img_size=crop)
 
@@ -200,3 +202,34 @@ def test_resume_continues_the_iteration_count_with_safe_loading(files, tmp_path)
     runner.train()
     assert RecordIters.seen == [3, 4] and runner.iter == 4
     assert runner.val_evaluator.metrics[0].summary.keys() == {"aAcc", "mIoU", "mAcc"}
+
+
+def test_dataset_classes_come_from_the_manifest_or_the_labels(tmp_path):
+    from downstream.seg import find_data
+
+    manifest = make_ade(tmp_path, n_train=2, n_val=1)
+    data = find_data(manifest)
+    assert data.root == tmp_path / "ade20k" / "ADEChallengeData2016"
+    assert data.classes == ("red", "green", "blue", "yellow")
+    entry = json.loads(manifest.read_text())
+    del entry["ade20k"]["classes"], entry["ade20k"]["class_names"]
+    manifest.write_text(json.dumps(entry))
+    assert len(find_data(manifest).classes) == 4  # largest label value in the PNGs
+    with pytest.raises(MimError, match="manifest not found"):
+        find_data(tmp_path / "nope.json")
+    (data.root / "annotations" / "validation").rename(tmp_path / "moved")
+    with pytest.raises(MimError, match="annotations/validation is missing"):
+        find_data(manifest)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "micro", "paper"])
+def test_segment_params_load(profile):
+    from downstream.seg import SegmentConfig
+    from mim.config import load_section
+
+    cfg = load_section(f"params/{profile}.yaml", "segment", SegmentConfig)
+    assert len(cfg.out_blocks) == 4 and 0 <= cfg.warmup_iters < cfg.iters
+    if profile == "paper":
+        assert (cfg.out_blocks, cfg.crop_size, cfg.iters, cfg.batch_size, cfg.lr, cfg.layer_decay, cfg.warmup_iters) == (
+            (4, 6, 8, 12), 512, 160_000, 16, 1e-4, 0.65, 1500
+        )
