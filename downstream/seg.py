@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-from PIL import Image
-
 from mim.data import IMAGENET_MEAN, IMAGENET_STD
+from mim.datasets import read_manifest, validate_ade20k
 from mim.engine import RunConfig
-from mim.errors import DataError, MimError
+from mim.errors import MimError
 from mim.export import read_encoder
 
 
@@ -56,18 +54,7 @@ class SegmentConfig:
     log_interval: int = 50
 
 
-# Reported ADE20K UperNet mIoU of ViT-B students (../shared/papers.md), for the results table.
-PAPER_MIOU: dict[str, float] = {
-    "mae": 48.1,  # MAE paper (He et al. 2111.06377), ADE20K UperNet ViT-B
-    "beit": 47.1,  # BEiT ViT-B as reproduced in the MAE paper
-    "img2vec": 50.7,  # Img2Vec abstract (Pan et al. 2304.12535); model size not stated there
-}
-
-
 # --- dataset ---------------------------------------------------------------------------------
-SPLITS = ("training", "validation")
-
-
 @dataclass(frozen=True, kw_only=True)
 class SegData:
     root: Path  # the ADEChallengeData2016 folder
@@ -75,50 +62,13 @@ class SegData:
 
 
 def find_data(manifest: Path) -> SegData:
-    """The ADE20K root and class names from data/manifest.json (written by prepare-data).
-
-    Its `ade20k` entry: {"root": absolute, or relative to the manifest's folder, "classes": K,
-    "class_names": [...]}; without "classes", K is the largest label in the annotations.
-    """
-    if not manifest.is_file():
-        raise DataError(f"dataset manifest not found: {manifest} (run `mimrepro prepare-data` or `dvc repro prepare-data`)")
-    try:
-        entry = json.loads(manifest.read_text())["ade20k"]
-        root = Path(entry["root"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{manifest}: no ADE20K root ({type(e).__name__}: {e})") from None
-    root = root if root.is_absolute() else manifest.parent / root
-    check_layout(root)
-    k = int(entry["classes"]) if entry.get("classes") else max_label(root)
-    if k < 1:
-        raise DataError(f"{root}/annotations hold no labelled pixel (every label is 0 = other)")
-    names = list(entry.get("class_names") or [])[:k]
-    names += [f"class_{i}" for i in range(len(names) + 1, k + 1)]
-    return SegData(root=root, classes=tuple(names))
-
-
-def check_layout(root: Path) -> None:
-    for kind in ("images", "annotations"):
-        for split in SPLITS:
-            d = root / kind / split
-            if not d.is_dir():
-                raise DataError(f"ADE20K layout: {d} is missing (expected {root}/{{images,annotations}}/{{training,validation}})")
-    for split in SPLITS:
-        if not any((root / "images" / split).glob("*.jpg")):
-            raise DataError(f"ADE20K layout: no .jpg images in {root / 'images' / split}")
-
-
-def max_label(root: Path) -> int:
-    """Largest label value in every annotation PNG (the embedded data's class count)."""
-    top = 0
-    for split in SPLITS:
-        for png in sorted((root / "annotations" / split).glob("*.png")):
-            try:
-                with Image.open(png) as im:
-                    top = max(top, int(np.asarray(im).max(initial=0)))
-            except OSError as e:
-                raise DataError(f"cannot read annotation {png}: {e}") from None
-    return top
+    """The ADE20K root and its K class names from data/manifest.json (written by prepare-data)."""
+    m = read_manifest(manifest)
+    validate_ade20k(m.ade20k)  # the layout, and a label PNG for every image (DataError otherwise)
+    k = m.ade20k_classes
+    names = list(m.class_names.get("ade20k", ()))[:k]
+    names += [f"class_{i}" for i in range(len(names) + 1, k + 1)]  # real ADE20K without objectInfo150.txt
+    return SegData(root=m.ade20k, classes=tuple(names))
 
 
 # --- the mmseg config ---------------------------------------------------------------------------
