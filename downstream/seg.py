@@ -12,7 +12,6 @@ Dataset discovery and the config builder import no mmseg; `segment` does (downst
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import pickle
