@@ -41,18 +41,22 @@ class LayerDecayConstructor(DefaultOptimWrapperConstructor):
     def add_params(self, params: list[dict[str, Any]], module: nn.Module, **_: Any) -> None:
         decay = float(self.paramwise_cfg["layer_decay"])
         num_layers = module.backbone.num_layers  # blocks in the backbone
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}  # (layer id, decayed?) -> group, as MAE
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
             lid = layer_id(name, num_layers)
-            no_wd = p.ndim == 1 or name.endswith(".bias") or name.endswith(("cls_token", "pos_embed"))
-            params.append(
+            decayed = not (p.ndim == 1 or name.endswith(".bias") or name.endswith(("cls_token", "pos_embed")))
+            group = groups.setdefault(
+                (lid, decayed),
                 {
-                    "params": [p],
+                    "params": [],
                     "lr": self.base_lr * decay ** (num_layers + 1 - lid),
-                    "weight_decay": 0.0 if no_wd else self.base_wd,
-                }
+                    "weight_decay": self.base_wd if decayed else 0.0,
+                },
             )
+            group["params"].append(p)
+        params.extend(groups[k] for k in sorted(groups))
 
 
 @METRICS.register_module(force=True)

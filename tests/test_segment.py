@@ -136,7 +136,10 @@ def test_layer_decay_and_a_few_steps_lower_the_loss(files, tmp_path):
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     lrs = {id(p): g["lr"] for g in optim.optimizer.param_groups for p in g["params"]}
+    wds = {id(p): g["weight_decay"] for g in optim.optimizer.param_groups for p in g["params"]}
     block = dict(model.named_parameters())
+    assert wds[id(block["backbone.vit.pos_embed"])] == 0 and wds[id(block["backbone.vit.blocks.0.norm1.weight"])] == 0
+    assert wds[id(block["backbone.vit.blocks.0.attn.qkv.weight"])] == 0.05
     assert lrs[id(block["backbone.vit.blocks.3.mlp.fc1.weight"])] == pytest.approx(1e-3 * 0.65)
     assert lrs[id(block["backbone.vit.patch_embed.proj.weight"])] == pytest.approx(1e-3 * 0.65**5)
     assert lrs[id(block["decode_head.conv_seg.weight"])] == pytest.approx(1e-3)
