@@ -38,3 +38,10 @@ def profile(name: str | None) -> None:
         f"profile: {name}\n"
     )
     click.echo(f"profile: {name} (params/{name}.yaml); run `dvc repro` to rebuild what changed")
+
+from stages.pretrain_teacher import import_teacher, pretrain_teacher  # noqa: E402
+from stages.token_diversity import token_diversity  # noqa: E402
+
+main.add_command(pretrain_teacher)
+main.add_command(import_teacher)
+main.add_command(token_diversity)

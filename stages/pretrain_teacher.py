@@ -1,0 +1,133 @@
+"""`mimrepro pretrain-teacher` (DINO, ResNet-50 by default) and `mimrepro import-teacher`."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from stages.common import params_option
+
+MANIFEST = Path("data/manifest.json")
+
+
+def imagenet_root(data: Path | None) -> Path:
+    """--data, or the 'imagenet' root listed in data/manifest.json by prepare-data."""
+    from mim.errors import MimError
+
+    if data is not None:
+        return data
+    if not MANIFEST.is_file():
+        raise MimError(f"{MANIFEST} not found; run `mimrepro prepare-data` first or pass --data ROOT")
+    roots = json.loads(MANIFEST.read_text())
+    if "imagenet" not in roots:
+        raise MimError(f"{MANIFEST} lists no 'imagenet' dataset; it has: {', '.join(sorted(roots))}")
+    return Path(roots["imagenet"])
+
+
+@click.command("pretrain-teacher")
+@params_option
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="ImageNet-layout root with train/ and val/ (default: 'imagenet' in data/manifest.json).")
+@click.option("--name", default="dino_rn50", show_default=True, help="Teacher name (run, metrics file).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("models/teacher/backbone.safetensors"), show_default=True)
+def pretrain_teacher(params_path: Path, data: Path | None, name: str, out: Path) -> None:
+    """Pretrain the DINO teacher (params `teacher`; ResNet-50 by default) and export its backbone
+    with timm key names; logs k-NN top-1, teacher entropy and student-teacher KL per epoch."""
+    import torch
+
+    from mim.checkpoint import write_json
+    from mim.config import load_section, to_dict
+    from mim.data import ImageFolder, make_loader
+    from mim.dino import DINO, MultiCropAugmentation, TeacherConfig, collate_crops, eval_transform, momentum_schedule, pooled
+    from mim.engine import RunConfig, Task, device, fit, init_distributed, is_main, local_batch, param_groups_weight_decay, steps_for
+    from mim.errors import MimError
+    from mim.knn import extract_features, knn_top1
+    from mim.teachers import save_timm_backbone
+
+    cfg = load_section(params_path, "teacher", TeacherConfig)
+    run = load_section(params_path, "run", RunConfig)
+    root = imagenet_root(data)
+    init_distributed()
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    torch.manual_seed(run.seed)
+    dino = DINO(cfg.dino)
+    if torch.distributed.is_initialized():
+        dino = torch.nn.SyncBatchNorm.convert_sync_batchnorm(dino)  # as DINO does for ResNets
+
+    train = ImageFolder(root / "train", MultiCropAugmentation(cfg.dino.crops), cfg.limit_per_class)
+    batch = local_batch(cfg.optim)
+    steps = steps_for(len(train), batch)
+    if steps < 1:
+        raise MimError(f"{root / 'train'} has {len(train)} images, fewer than one batch of {batch}")
+    updates = max(1, steps // cfg.optim.accum_steps)
+    momentum = momentum_schedule(cfg.dino, cfg.optim.epochs * updates)
+
+    def loader(epoch: int):
+        dino.set_epoch(epoch, cfg.optim.epochs)
+        return make_loader(train, batch, epoch=epoch, seed=run.seed, num_workers=run.num_workers, collate_fn=collate_crops)
+
+    def step(model, batch_):
+        crops, _labels = batch_
+        return model(crops)
+
+    ev = eval_transform(cfg.dino.crops.global_size)
+    bank = ImageFolder(root / "train", ev, cfg.knn_train_per_class)
+    val = ImageFolder(root / "val", ev)
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        if (epoch + 1) % cfg.knn_every and epoch + 1 != cfg.optim.epochs:
+            return {}
+        backbone = dino.teacher.backbone
+        backbone.eval()
+        dev = device()
+        kw = dict(epoch=0, seed=run.seed, shuffle=False, drop_last=False, num_workers=run.num_workers)
+        f_tr, y_tr = extract_features(lambda x: pooled(backbone, x), make_loader(bank, 64, **kw), dev)
+        f_te, y_te = extract_features(lambda x: pooled(backbone, x), make_loader(val, 64, **kw), dev)
+        backbone.train()  # the DINO teacher runs in train mode (BatchNorm batch statistics)
+        return {"knn_top1": knn_top1(f_tr, y_tr, f_te, y_te, cfg.knn_k, cfg.knn_temperature)}
+
+    task = Task(
+        model=dino,
+        step=step,
+        loader=loader,
+        steps_per_epoch=steps,
+        param_groups=param_groups_weight_decay(dino.student, cfg.optim.weight_decay),
+        after_step=lambda it: dino.update_teacher(float(momentum[it])),
+        evaluate=evaluate,
+    )
+    config = {"teacher": to_dict(cfg), "seed": run.seed, "data": str(root)}
+    t0 = time.time()
+    metrics = fit(task, cfg.optim, run, checkpoint=Path(f"checkpoints/{name}.pt"), log_dir=Path(f"logs/{name}"), config=config, desc=f"dino {name}")
+    if not is_main():
+        return
+    backbone = dino.teacher.backbone.cpu()
+    save_timm_backbone(out, backbone, cfg.dino.arch, extra={"name": name, "params": str(params_path)})
+    summary = {
+        "arch": cfg.dino.arch,
+        "epochs": cfg.optim.epochs,
+        "train_images": len(train),
+        "val_images": len(val),
+        "params_m": round(sum(p.numel() for p in backbone.parameters()) / 1e6, 2),
+        "seconds": round(time.time() - t0, 1),
+        **{k.removeprefix("train/"): v for k, v in metrics.items()},
+    }
+    write_json(Path(f"metrics/teacher/{name}.json"), summary)
+    click.echo(f"{name}: k-NN top-1 {summary.get('knn_top1', float('nan')):.2f}%, teacher entropy "
+               f"{summary.get('teacher_entropy', float('nan')):.3f}, KL {summary.get('kl', float('nan')):.3f} -> {out}")
+
+
+@click.command("import-teacher")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
+              help="Network to take from a full DINO training checkpoint.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("models/teacher/backbone.safetensors"), show_default=True)
+def import_teacher(checkpoint: Path, which: str, out: Path) -> None:
+    """Use the official DINO ResNet-50 weights (local dino_resnet50_pretrain.pth or a full
+    checkpoint) as the teacher instead of pretraining: writes timm resnet50 keys to --out."""
+    from mim.dino_import import import_teacher as convert
+
+    convert(checkpoint, out, which)
+    click.echo(f"imported {checkpoint} ({which}) -> {out}")
