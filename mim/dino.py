@@ -17,8 +17,6 @@ randomness comes from torch's global generator, so a resumed epoch sees the same
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -137,18 +135,6 @@ class MultiCropAugmentation:
         return globals_ + [self.local(img) for _ in range(self.cfg.n_local)]
 
 
-def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize (size*256/224) + centre crop: the k-NN / feature-extraction view."""
-    return T.Compose(
-        [
-            T.Resize(int(round(size * 256 / 224)), interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(size),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-
-
 # --- head and backbone --------------------------------------------------------------------------
 class DINOHead(nn.Module):
     def __init__(self, in_dim: int, cfg: HeadConfig) -> None:
@@ -240,7 +226,6 @@ class DINOLoss(nn.Module):
         t = F.softmax(t_logits, dim=-1).detach().chunk(self.n_global)  # n_global x (B, K)
         total = student_out.new_zeros(())
         n_pairs = 0
-        kl = student_out.new_zeros(())
         for iq, q in enumerate(t):
             for v in range(self.n_crops):
                 if v == iq:  # the same view seen by both networks: skipped
@@ -341,7 +326,6 @@ __all__ = [
     "DINO",
     "MultiCropWrapper",
     "pooled",
-    "eval_transform",
     "teacher_temp_schedule",
     "momentum_schedule",
     "collate_crops",

@@ -1,29 +1,12 @@
 """`mimrepro pretrain-teacher` (DINO, ResNet-50 by default) and `mimrepro import-teacher`."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import click
 
-from stages.common import params_option
-
-MANIFEST = Path("data/manifest.json")
-
-
-def imagenet_root(data: Path | None) -> Path:
-    """--data, or the 'imagenet' root listed in data/manifest.json by prepare-data."""
-    from mim.errors import MimError
-
-    if data is not None:
-        return data
-    if not MANIFEST.is_file():
-        raise MimError(f"{MANIFEST} not found; run `mimrepro prepare-data` first or pass --data ROOT")
-    roots = json.loads(MANIFEST.read_text())
-    if "imagenet" not in roots:
-        raise MimError(f"{MANIFEST} lists no 'imagenet' dataset; it has: {', '.join(sorted(roots))}")
-    return Path(roots["imagenet"])
+from stages.common import dataset_root, params_option
 
 
 @click.command("pretrain-teacher")
@@ -40,15 +23,15 @@ def pretrain_teacher(params_path: Path, data: Path | None, name: str, out: Path)
     from mim.checkpoint import write_json
     from mim.config import load_section, to_dict
     from mim.data import ImageFolder, make_loader
-    from mim.dino import DINO, MultiCropAugmentation, TeacherConfig, collate_crops, eval_transform, momentum_schedule, pooled
+    from mim.dino import DINO, MultiCropAugmentation, TeacherConfig, collate_crops, momentum_schedule, pooled
     from mim.engine import RunConfig, Task, device, fit, init_distributed, is_main, local_batch, param_groups_weight_decay, steps_for
     from mim.errors import MimError
-    from mim.knn import extract_features, knn_top1
+    from mim.probe import eval_transform, knn_classify, topk_accuracy
     from mim.teachers import save_timm_backbone
 
     cfg = load_section(params_path, "teacher", TeacherConfig)
     run = load_section(params_path, "run", RunConfig)
-    root = imagenet_root(data)
+    root = data or dataset_root("imagenet")
     init_distributed()
     if run.threads:
         torch.set_num_threads(run.threads)
@@ -77,17 +60,24 @@ def pretrain_teacher(params_path: Path, data: Path | None, name: str, out: Path)
     bank = ImageFolder(root / "train", ev, cfg.knn_train_per_class)
     val = ImageFolder(root / "val", ev)
 
+    @torch.no_grad()
+    def features(dataset: ImageFolder) -> tuple[torch.Tensor, torch.Tensor]:
+        backbone = dino.teacher.backbone
+        feats, labels = [], []
+        for x, y in make_loader(dataset, 64, epoch=0, seed=run.seed, shuffle=False, drop_last=False, num_workers=run.num_workers):
+            feats.append(pooled(backbone, x.to(device())).float().cpu())  # (B, C) pooled last stage
+            labels.append(y)
+        return torch.cat(feats), torch.cat(labels)
+
     def evaluate(epoch: int) -> dict[str, float]:
+        """Weighted k-NN top-1 (DINO protocol) of the teacher backbone, in eval mode."""
         if (epoch + 1) % cfg.knn_every and epoch + 1 != cfg.optim.epochs:
             return {}
-        backbone = dino.teacher.backbone
-        backbone.eval()
-        dev = device()
-        kw = dict(epoch=0, seed=run.seed, shuffle=False, drop_last=False, num_workers=run.num_workers)
-        f_tr, y_tr = extract_features(lambda x: pooled(backbone, x), make_loader(bank, 64, **kw), dev)
-        f_te, y_te = extract_features(lambda x: pooled(backbone, x), make_loader(val, 64, **kw), dev)
-        backbone.train()  # the DINO teacher runs in train mode (BatchNorm batch statistics)
-        return {"knn_top1": knn_top1(f_tr, y_tr, f_te, y_te, cfg.knn_k, cfg.knn_temperature)}
+        dino.teacher.backbone.eval()
+        (f_tr, y_tr), (f_te, y_te) = features(bank), features(val)
+        dino.teacher.backbone.train()  # the DINO teacher runs in train mode (BatchNorm batch statistics)
+        scores = knn_classify(f_tr, y_tr, f_te, len(bank.classes), cfg.knn_k, cfg.knn_temperature)
+        return {"knn_top1": topk_accuracy(scores, y_te, 1)}
 
     task = Task(
         model=dino,

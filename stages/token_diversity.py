@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from stages.common import params_option
-from stages.pretrain_teacher import imagenet_root
+from stages.common import dataset_root, params_option
 
 
 @click.command("token-diversity")
@@ -26,9 +25,9 @@ def token_diversity(params_path: Path, name: str, weights: Path, arch: str | Non
     from mim.checkpoint import write_json
     from mim.config import load_section
     from mim.data import ImageFolder, make_loader
-    from mim.dino import eval_transform
     from mim.diversity import DiversityConfig, score_teacher
     from mim.engine import RunConfig, device
+    from mim.probe import eval_transform
     from mim.teachers import describe, load_teacher
 
     cfg = load_section(params_path, "diversity", DiversityConfig)
@@ -37,7 +36,7 @@ def token_diversity(params_path: Path, name: str, weights: Path, arch: str | Non
         torch.set_num_threads(run.threads)
     teacher = load_teacher(weights, arch)
     size = teacher_input_size(teacher, cfg.img_size)
-    images = ImageFolder(imagenet_root(data) / cfg.split, eval_transform(size), cfg.limit_per_class)
+    images = ImageFolder((data or dataset_root("imagenet")) / cfg.split, eval_transform(size), cfg.limit_per_class)
     batches = make_loader(images, cfg.batch_size, epoch=0, seed=run.seed, shuffle=False, drop_last=False, num_workers=run.num_workers)
     t0 = time.time()
     result = score_teacher(teacher, batches, device())

@@ -25,7 +25,6 @@ from mim.dino import (
 from mim.dino_import import import_teacher
 from mim.engine import OptimConfig, RunConfig, Task, fit, param_groups_weight_decay
 from mim.errors import MimError
-from mim.knn import knn_classify, knn_top1
 from mim.teachers import load_teacher
 
 TINY = DINOConfig(
@@ -165,14 +164,6 @@ def test_resume_identical(tmp_path):
     a, b = m_full.state_dict(), m_res.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.count_nonzero(m_res.loss.center) > 0  # the centre is part of the checkpoint
-
-
-def test_knn_classify():
-    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-    labels = torch.tensor([0, 0, 1, 1])
-    test = torch.tensor([[5.0, 0.2], [0.1, 3.0]])  # scale does not matter (cosine)
-    assert knn_classify(train, labels, test, k=2, T=0.07).tolist() == [0, 1]
-    assert knn_top1(train, labels, test, torch.tensor([0, 0]), k=2) == 50.0
 
 
 # --- importer -------------------------------------------------------------------------------------
