@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from stages.common import dataset_root, params_option
+from stages.common import params_option
+
+
+def imagenet_root() -> Path:
+    """The ImageNet-layout root recorded by prepare-data in data/manifest.json."""
+    from mim.datasets import read_manifest
+
+    return read_manifest().imagenet
 
 
 @click.command("pretrain-teacher")
@@ -31,7 +38,7 @@ def pretrain_teacher(params_path: Path, data: Path | None, name: str, out: Path)
 
     cfg = load_section(params_path, "teacher", TeacherConfig)
     run = load_section(params_path, "run", RunConfig)
-    root = data or dataset_root("imagenet")
+    root = data or imagenet_root()
     init_distributed()
     if run.threads:
         torch.set_num_threads(run.threads)
@@ -88,7 +95,7 @@ def pretrain_teacher(params_path: Path, data: Path | None, name: str, out: Path)
         after_step=lambda it: dino.update_teacher(float(momentum[it])),
         evaluate=evaluate,
     )
-    config = {"teacher": to_dict(cfg), "seed": run.seed, "data": str(root)}
+    config = {"teacher": to_dict(cfg), "seed": run.seed, "data": str(root), "train_files": files_fingerprint(train.samples)}
     t0 = time.time()
     metrics = fit(task, cfg.optim, run, checkpoint=Path(f"checkpoints/{name}.pt"), log_dir=Path(f"logs/{name}"), config=config, desc=f"dino {name}")
     if not is_main():
@@ -107,6 +114,16 @@ def pretrain_teacher(params_path: Path, data: Path | None, name: str, out: Path)
     write_json(Path(f"metrics/teacher/{name}.json"), summary)
     click.echo(f"{name}: k-NN top-1 {summary.get('knn_top1', float('nan')):.2f}%, teacher entropy "
                f"{summary.get('teacher_entropy', float('nan')):.3f}, KL {summary.get('kl', float('nan')):.3f} -> {out}")
+
+
+def files_fingerprint(samples: list[tuple[Path, int]]) -> str:
+    """Hash of (path, size, label) of the training images: regenerated data never resumes an old run."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path, label in samples:
+        h.update(f"{path}\t{path.stat().st_size}\t{label}\n".encode())
+    return h.hexdigest()[:16]
 
 
 @click.command("import-teacher")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from stages.common import dataset_root, params_option
+from stages.common import params_option
+from stages.pretrain_teacher import imagenet_root
 
 
 @click.command("token-diversity")
@@ -36,7 +37,7 @@ def token_diversity(params_path: Path, name: str, weights: Path, arch: str | Non
         torch.set_num_threads(run.threads)
     teacher = load_teacher(weights, arch)
     size = teacher_input_size(teacher, cfg.img_size)
-    images = ImageFolder((data or dataset_root("imagenet")) / cfg.split, eval_transform(size), cfg.limit_per_class)
+    images = ImageFolder((data or imagenet_root()) / cfg.split, eval_transform(size), cfg.limit_per_class)
     batches = make_loader(images, cfg.batch_size, epoch=0, seed=run.seed, shuffle=False, drop_last=False, num_workers=run.num_workers)
     t0 = time.time()
     result = score_teacher(teacher, batches, device())
