@@ -42,3 +42,30 @@ def profile(name: str | None) -> None:
 from stages.prepare_data import prepare_data  # noqa: E402
 
 main.add_command(prepare_data)
+
+from stages.pretrain_student import pretrain_student  # noqa: E402
+
+main.add_command(pretrain_student)
+
+from stages.finetune import finetune  # noqa: E402
+
+main.add_command(finetune)
+
+from stages.probe import probe  # noqa: E402
+
+main.add_command(probe)
+
+from stages.tables import tables  # noqa: E402
+
+main.add_command(tables)
+
+from stages.pretrain_teacher import import_teacher, pretrain_teacher  # noqa: E402
+from stages.token_diversity import token_diversity  # noqa: E402
+
+main.add_command(pretrain_teacher)
+main.add_command(import_teacher)
+main.add_command(token_diversity)
+
+from stages.segment import segment  # noqa: E402
+
+main.add_command(segment)
