@@ -180,6 +180,16 @@ def test_multi_block_averages_every_block():
     assert not torch.allclose(last.forward_encoder(imgs, ids_keep), manual, atol=1e-4)
 
 
+def test_mean_merge_is_head_of_block_mean():
+    model = build_model(CFG, ENC, tiny_teacher())
+    dec = torch.randn(2, 64, 32)  # 8x8 patches
+    pred = model.predict_blocks(dec)  # (2, 16, 6)
+    block0 = dec[:, [0, 1, 8, 9]].mean(1)  # top-left 2x2 patches
+    block5 = dec[:, [18, 19, 26, 27]].mean(1)  # second row, second column
+    assert torch.allclose(pred[:, 0], model.head(block0), atol=1e-6)
+    assert torch.allclose(pred[:, 5], model.head(block5), atol=1e-6)
+
+
 def test_concat_merge_and_shapes_backward():
     t = tiny_teacher()
     model = build_model(dataclasses.replace(CFG, merge="concat"), ENC, t)
