@@ -105,6 +105,18 @@ def test_targets_are_the_teacher_tokens_of_the_full_image():
     assert teacher_targets(t, imgs, small).shape == (2, 4, 6)
 
 
+def test_vit_teacher_tokens_pooled_onto_blocks():
+    vit = ViTEncoder(ViTConfig(img_size=32, patch_size=4, embed_dim=8, depth=1, num_heads=2))
+    t = Teacher(vit, stride=4, dim=8, name="vit")
+    geo = resolve_geometry(CFG, ENC, t)  # ViT at its own 32 px: 8x8 tokens onto 4x4 blocks
+    imgs = torch.randn(2, 3, 32, 32)
+    tok = t.tokens(imgs)  # (2, 8, 8, 8)
+    target = teacher_targets(t, imgs, geo)
+    assert target.shape == (2, 16, 8)
+    assert torch.allclose(target[:, 5], tok[:, 2:4, 2:4].mean((1, 2)), atol=1e-6)
+    assert torch.allclose(target.mean(1), tok.mean((1, 2)), atol=1e-6)  # global target unchanged by pooling
+
+
 def test_teacher_frozen_no_grad_eval(tmp_path):
     t = tiny_teacher()
     before = {k: v.clone() for k, v in t.state_dict().items()}  # BatchNorm running stats included
