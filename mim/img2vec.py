@@ -227,7 +227,7 @@ class Img2Vec(nn.Module):
         """imgs (N, 3, H, W), target (N, B, C) from `teacher_targets` -> (loss, logs)."""
         geo = self.geo
         n, nb = imgs.shape[0], geo.blocks_per_side
-        mask, ids_keep, ids_restore = block_masking(n, geo.grid, geo.block, self.cfg.mask_ratio, imgs.device)
+        ids_keep, mask, ids_restore = block_masking(n, geo.grid, geo.block, self.cfg.mask_ratio, imgs.device)
         block_mask = mask.view(n, nb, geo.block, nb, geo.block)[:, :, 0, :, 0].reshape(n, nb * nb)  # (N, B)
         latent = self.forward_encoder(imgs, ids_keep)
         pred = self.predict_blocks(self.forward_decoder(latent, ids_restore))  # (N, B, C)

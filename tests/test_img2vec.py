@@ -37,7 +37,7 @@ def tiny_teacher() -> Teacher:
 def test_block_masking_whole_aligned_blocks_exact_fraction():
     torch.manual_seed(0)
     grid, block, ratio = 14, 2, 0.6
-    mask, ids_keep, ids_restore = block_masking(16, grid, block, ratio)
+    ids_keep, mask, ids_restore = block_masking(16, grid, block, ratio)
     nb = grid // block
     m = mask.view(16, nb, block, nb, block)
     assert torch.equal(m.amin((2, 4)), m.amax((2, 4)))  # each 2x2 block all masked or all visible
@@ -85,7 +85,7 @@ def test_targets_only_from_masked_blocks():
     torch.manual_seed(5)
     loss, _ = model(imgs, target)
     torch.manual_seed(5)
-    mask, _, _ = block_masking(2, 8, 2, 0.6)
+    _, mask, _ = block_masking(2, 8, 2, 0.6)
     block_mask = mask.view(2, 4, 2, 4, 2)[:, :, 0, :, 0].reshape(2, 16)
     perturbed = target + 100.0 * (1 - block_mask).unsqueeze(-1)  # change the visible blocks' targets
     torch.manual_seed(5)
@@ -177,7 +177,7 @@ def test_multi_block_averages_every_block():
     torch.manual_seed(0)
     model = build_model(CFG, ENC, tiny_teacher()).eval()
     imgs = torch.randn(2, 3, 32, 32)
-    _, ids_keep, _ = block_masking(2, 8, 2, 0.6)
+    ids_keep, _, _ = block_masking(2, 8, 2, 0.6)
     enc = model.encoder
     x = enc.add_cls(torch.gather(enc.embed(imgs), 1, ids_keep.unsqueeze(-1).expand(-1, -1, 32)))
     outs, h = [], x
