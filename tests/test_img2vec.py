@@ -237,3 +237,57 @@ def test_resume_identical(tmp_path):
     assert load_checkpoint(tmp_path / "crash" / "c.pt")["epoch"] == 0
     resumed = task_and_fit("crash")
     assert all(torch.equal(full[k], v) for k, v in resumed.items())
+
+
+I2V_PARAMS = """
+run: {seed: 0, num_workers: 0, amp: true, threads: 1}
+encoder: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}
+img2vec:
+  block_size: 1
+  decoder_dim: 32
+  decoder_depth: 1
+  decoder_heads: 2
+  head_hidden: 16
+  optim: {epochs: 1, batch_size: 4, base_lr: 1.0e-3}
+"""
+
+
+def test_pretrain_student_cli_img2vec(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from imagefolders import make_imagenet
+    from mim.export import read_encoder, save_encoder
+    from stages.cli import main
+
+    data = make_imagenet(tmp_path / "data", classes=2, train=4, size=32)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text(I2V_PARAMS)
+    save_encoder(tmp_path / "t.safetensors", ViTEncoder(ViTConfig(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)))
+    args = ["pretrain-student", "--method", "img2vec", "--data", str(data), "--params", "p.yaml", "--name", "img2vec-vit"]
+    r = CliRunner().invoke(main, args + ["--teacher", "t.safetensors"])
+    assert r.exit_code == 0, r.output
+    _, _, meta = read_encoder(tmp_path / "models/img2vec-vit/encoder.safetensors")
+    assert meta["method"] == "img2vec" and meta["teacher"] == "t.safetensors" and meta["mask_block_patches"] == "1"
+    assert len(load_checkpoint(tmp_path / "checkpoints/img2vec-vit.pt")["config"]["teacher_sha256"]) == 64
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and "needs --teacher" in r.output
+    r = CliRunner().invoke(main, ["pretrain-student", "--method", "scratch", "--teacher", "t.safetensors", "--params", "p.yaml", "--data", str(data)])
+    assert r.exit_code != 0 and "--teacher applies to img2vec" in r.output
+
+
+def test_paper_profile_geometry_and_recipe():
+    from pathlib import Path
+
+    from mim.config import load_section
+
+    params = Path(__file__).parents[1] / "params/paper.yaml"
+    enc = load_section(params, "encoder", ViTConfig)
+    cfg = load_section(params, "img2vec", Img2VecConfig)
+    assert (cfg.mask_ratio, cfg.decoder_depth, cfg.beta, cfg.global_weight, cfg.multi_block) == (0.6, 2, 2.0, 0.5, True)
+    r50 = resolve_geometry(cfg, enc, Teacher(nn.Identity(), stride=32, dim=2048, name="dino_rn50"))
+    assert (r50.block, r50.blocks_per_side, r50.teacher_img_size, r50.pool) == (2, 7, 224, 1)  # 32 px blocks, 7x7 tokens
+    with torch.device("meta"):
+        vit_b = ViTEncoder(enc)
+    vit = resolve_geometry(cfg, enc, Teacher(vit_b, stride=16, dim=768, name="mae_vit"))
+    assert (vit.block, vit.teacher_img_size, vit.pool) == (1, 224, 1)  # 16 px blocks for a ViT/16 teacher
+    assert round(cfg.mask_ratio * 49) == 29  # 29 of 49 blocks masked per image
