@@ -39,8 +39,9 @@ MANIFEST = Path("data/manifest.json")
 def dataset_root(name: str, manifest: Path = MANIFEST) -> Path:
     """Root of dataset `name` ("imagenet", "coco", "ade20k") as listed by prepare-data."""
     from mim.datasets import read_manifest
+    from mim.errors import MimError
 
-    m = read_manifest(manifest)  # DataError (one line) when missing or malformed
+
     if name not in ("imagenet", "coco", "ade20k"):
-        raise ValueError(f"unknown dataset {name!r}; valid: imagenet, coco, ade20k")
-    return getattr(m, name)
+        raise MimError(f"no dataset {name!r} in the manifest; choose imagenet, coco or ade20k")
+    return Path(getattr(read_manifest(manifest), name))  # entries are {root, classes, ...} dicts
