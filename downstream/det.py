@@ -53,6 +53,7 @@ from mim.config import to_dict
 from mim.engine import RunConfig
 from mim.errors import DataError, MimError
 from mim.export import read_encoder
+from mim.vit import ViTConfig
 
 TASKS = ("bbox", "segm")
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -172,9 +173,9 @@ def pyramid(patch_size: int, scale_factors: tuple[float, ...]) -> tuple[list[str
     return [f"p{int(math.log2(s))}" for s in strides], strides
 
 
-def build_config(job: DetectJob, classes: int) -> DictConfig:
+def build_config(job: DetectJob, enc_cfg: ViTConfig, classes: int) -> DictConfig:
     """The LazyConfig of this run: model, dataloaders, evaluator, optimizer, schedule, train."""
-    det, enc_cfg = job.det, read_encoder(job.encoder)[0]
+    det = job.det
     names, strides = pyramid(enc_cfg.patch_size, det.scale_factors)
     if not det.box_head_fcs or not det.mask_head_dims:
         raise MimError("detect.box_head_fcs and detect.mask_head_dims need at least one entry")
@@ -272,7 +273,7 @@ def build_config(job: DetectJob, classes: int) -> DictConfig:
         datasets={TRAIN_NAME: str(job.coco.root / "train2017"), VAL_NAME: str(job.coco.root / "val2017")},
         output_dir=str(job.checkpoint_dir),
         max_iter=det.max_iter,
-        amp=dict(enabled=job.run.amp and torch.cuda.is_available()),
+        amp=dict(enabled=job.run.amp and torch.cuda.is_available()),  # fp16 AMP (ViTDet)
         checkpointer=dict(period=det.checkpoint_period, max_to_keep=2),
         log_period=det.log_period,
         device="cuda" if torch.cuda.is_available() else "cpu",
@@ -318,6 +319,7 @@ def _prepare_checkpoint_dir(job: DetectJob, key: dict[str, Any], log: logging.Lo
     if stamp.is_file() and json.loads(stamp.read_text()) != key:
         log.info("%s holds a run with another config, data or encoder: starting afresh", job.checkpoint_dir)
         shutil.rmtree(job.checkpoint_dir)
+        (job.log_dir / "events.json").unlink(missing_ok=True)
     job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if not stamp.is_file():
         stamp.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
@@ -331,7 +333,8 @@ def train_and_evaluate(job: DetectJob) -> dict[str, float | None]:
     seed_all_rng(job.run.seed + comm.get_rank())
     classes = num_classes(job.coco)
     register(job.coco)
-    cfg = build_config(job, classes)
+    enc_cfg, enc_state, _ = read_encoder(job.encoder)
+    cfg = build_config(job, enc_cfg, classes)
     key = run_key(job, classes)
     if comm.is_main_process():
         job.log_dir.mkdir(parents=True, exist_ok=True)
@@ -340,12 +343,12 @@ def train_and_evaluate(job: DetectJob) -> dict[str, float | None]:
     comm.synchronize()
 
     model = instantiate(cfg.model).to(cfg.train.device)
-    report = load_into_vit(model.backbone.net, read_encoder(job.encoder)[1])
+    report = load_into_vit(model.backbone.net, enc_state)
     log.info("backbone from %s: %s", job.encoder, report.summary())
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     loader = instantiate(cfg.dataloader.train)
-    ddp = create_ddp_model(model, broadcast_buffers=False)
+    ddp = create_ddp_model(model, broadcast_buffers=False, fp16_compression=cfg.train.amp.enabled)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(ddp, loader, optimizer)
     checkpointer = DetectionCheckpointer(model, str(job.checkpoint_dir), trainer=trainer)
     max_iter = cfg.train.max_iter

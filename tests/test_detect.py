@@ -122,7 +122,7 @@ def test_few_iterations_lower_the_loss_on_a_fixed_batch(tmp_path):
 
     job = _job(tmp_path, drop_path=0.0, lr=1e-3, layer_decay=1.0)
     register(job.coco)
-    cfg = build_config(job, classes=2)
+    cfg = build_config(job, TINY, classes=2)
     model = instantiate(cfg.model).train()
     cfg.optimizer.params.model = model
     opt = instantiate(cfg.optimizer)
@@ -158,7 +158,11 @@ def test_detect_stage_writes_all_metrics_and_resumes(tmp_path, monkeypatch):
     metrics = json.loads(Path("metrics/detect/s.json").read_text())
     assert sorted(metrics) == sorted(f"{t}_{k}" for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
     assert all(v is None or 0.0 <= v <= 100.0 for v in metrics.values())
-    assert Path("logs/detect-s/config.yaml").is_file() and Path("checkpoints/detect-s/model_final.pth").is_file()
+    assert Path("checkpoints/detect-s/model_final.pth").is_file()
+    from detectron2.config import LazyConfig
+
+    saved = LazyConfig.load("logs/detect-s/config.yaml")  # the config it ran, reloadable
+    assert saved.train.max_iter == 2 and saved.model.backbone.net.depth == 2
     assert "COCO val2017 AP box" in first.output
 
     again = CliRunner().invoke(main, args)  # finished run: resumes at the end, evaluates only
@@ -179,3 +183,21 @@ def test_detect_stage_errors_are_one_line(tmp_path, monkeypatch):
     save_encoder(Path("models/s/encoder.safetensors"), ViTEncoder(TINY))
     out = CliRunner().invoke(main, ["detect", "--student", "s", "--coco", "coco", *params])
     assert out.exit_code == 1 and "COCO layout incomplete" in out.output
+
+
+@pytest.mark.detectron2
+@needs_d2
+def test_checkpoints_of_another_run_are_not_resumed(tmp_path):
+    import logging
+
+    from downstream.det import _prepare_checkpoint_dir
+
+    job = _job(tmp_path)
+    log = logging.getLogger("test")
+    _prepare_checkpoint_dir(job, {"encoder_sha256": "a"}, log)
+    (job.checkpoint_dir / "model_final.pth").write_bytes(b"x")
+    _prepare_checkpoint_dir(job, {"encoder_sha256": "a"}, log)  # same run: kept
+    assert (job.checkpoint_dir / "model_final.pth").is_file()
+    _prepare_checkpoint_dir(job, {"encoder_sha256": "b"}, log)  # new encoder: afresh
+    assert not (job.checkpoint_dir / "model_final.pth").exists()
+    assert json.loads((job.checkpoint_dir / "run.json").read_text()) == {"encoder_sha256": "b"}
