@@ -1,26 +1,11 @@
 """`mimrepro detect --student NAME`: COCO detection + instance segmentation (ViTDet Mask R-CNN)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from stages.common import params_option
-
-MANIFEST = Path("data/manifest.json")
-
-
-def coco_root(manifest: Path = MANIFEST) -> Path:
-    """The 'coco' root that prepare-data recorded in data/manifest.json."""
-    from mim.errors import MimError
-
-    if not manifest.is_file():
-        raise MimError(f"{manifest} not found; run `mimrepro prepare-data` first or pass --coco PATH")
-    roots = json.loads(manifest.read_text())
-    if "coco" not in roots:
-        raise MimError(f"{manifest} lists no 'coco' dataset; it has: {', '.join(sorted(roots))}")
-    return Path(roots["coco"])
 
 
 @click.command("detect")
@@ -40,6 +25,7 @@ def detect(student: str, coco: Path | None, num_gpus: int | None, params_path: P
 
     from downstream.det import CocoPaths, DetectConfig, DetectJob, run_detect
     from mim.config import load_section
+    from mim.datasets import read_manifest
     from mim.engine import RunConfig
     from mim.errors import MimError
     from mim.export import read_encoder
@@ -48,7 +34,7 @@ def detect(student: str, coco: Path | None, num_gpus: int | None, params_path: P
     run = load_section(params_path, "run", RunConfig)
     encoder = Path("models") / student / "encoder.safetensors"
     read_encoder(encoder)  # clear error for a missing or corrupt file
-    paths = CocoPaths(root=coco or coco_root())
+    paths = CocoPaths(root=coco or read_manifest().coco)
     paths.check()
     gpus = torch.cuda.device_count() if num_gpus is None else num_gpus
     if gpus > torch.cuda.device_count():
