@@ -201,3 +201,43 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path):
     _prepare_checkpoint_dir(job, {"encoder_sha256": "b"}, log)  # new encoder: afresh
     assert not (job.checkpoint_dir / "model_final.pth").exists()
     assert json.loads((job.checkpoint_dir / "run.json").read_text()) == {"encoder_sha256": "b"}
+
+
+@pytest.mark.detectron2
+@needs_d2
+def test_paper_profile_is_detectron2s_vitdet_b_recipe(tmp_path):
+    """params/paper.yaml + a ViT-B/16 encoder rebuild detectron2's mask_rcnn_vitdet_b_100ep."""
+    from detectron2 import model_zoo
+
+    from downstream.det import CocoPaths, DetectConfig, DetectJob, build_config
+
+    det = load_section(ROOT / "params/paper.yaml", "detect", DetectConfig)
+    vit_b = ViTConfig(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    job = DetectJob(student="mae", encoder=tmp_path / "e", coco=CocoPaths(root=tmp_path), det=det, run=RunConfig(),
+                    checkpoint_dir=tmp_path / "c", log_dir=tmp_path / "l")
+    ours = build_config(job, vit_b, classes=80)
+    stock = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
+    net, ref = ours.model.backbone.net, stock.backbone.net
+    for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "drop_path_rate", "window_size",
+              "use_rel_pos", "window_block_indexes", "residual_block_indexes"):
+        assert _flat(net[k]) == _flat(ref[k]), k
+    assert ours.model.backbone.scale_factors == list(stock.backbone.scale_factors)
+    assert ours.model.backbone.square_pad == 1024 and ours.model.backbone.top_block == stock.backbone.top_block
+    for path in ("proposal_generator.in_features", "proposal_generator.anchor_generator.sizes",
+                 "proposal_generator.anchor_generator.strides", "roi_heads.box_in_features",
+                 "roi_heads.box_pooler.scales", "roi_heads.box_head.conv_dims", "roi_heads.box_head.fc_dims",
+                 "roi_heads.mask_head.conv_dims", "roi_heads.batch_size_per_image", "proposal_generator.post_nms_topk"):
+        a, b = ours.model, stock
+        for part in path.split("."):
+            a, b = a[part], b[part]
+        assert _flat(a) == _flat(b), path  # 32.0 == 32
+    assert ours.optimizer.lr == 1e-4 and ours.optimizer.weight_decay == 0.1
+    assert ours.optimizer.params.lr_factor_func.rate == 0.7
+    assert list(ours.lr_multiplier.scheduler.milestones) == [163889, 177546]
+    assert ours.train.max_iter == 184375 and ours.dataloader.train.total_batch_size == 64
+
+
+def _flat(x):
+    if isinstance(x, (str, bytes)) or not hasattr(x, "__iter__"):
+        return [x]
+    return [v for item in x for v in _flat(item)]
