@@ -35,19 +35,26 @@ DEPS=(
     "shapely==2.2.0"  # fvcore crops polygons with it (LSJ's FixedSizeCrop)
 )
 
+# Installed already?  The pinned re-tagged wheel, or an upstream build (kept: it has the CUDA ops).
 check() {
     "$PY" - "$D2_VERSION" <<'EOF' 2>/dev/null
 import sys
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 import detectron2, fvcore, iopath, shapely  # noqa: F401
 from detectron2.modeling import ViT, SimpleFeaturePyramid  # noqa: F401
 from detectron2.evaluation import COCOEvaluator  # noqa: F401
-sys.exit(0 if version("sal-detectron2") == sys.argv[1] else 1)
+try:
+    print(f"sal-detectron2=={version('sal-detectron2')}")
+    ok = version("sal-detectron2") == sys.argv[1]
+except PackageNotFoundError:  # built from source: upstream's distribution is named "detectron2"
+    print(f"detectron2=={version('detectron2')} (built from source)")
+    ok = True
+sys.exit(0 if ok else 1)
 EOF
 }
 
-if check; then
-    echo "detectron2 (sal-detectron2==$D2_VERSION) already installed in $VENV"
+if found=$(check); then
+    echo "detectron2 already installed in $VENV: $found"
     exit 0
 fi
 
@@ -79,7 +86,7 @@ wheel_ pack --dest-dir "$tmp/out" "$root" >/dev/null
 pip_ install --quiet --no-deps "$tmp/out/sal_detectron2-$D2_VERSION-py3-none-any.whl"
 pip_ install --quiet "${DEPS[@]}"
 
-if ! check; then
+if ! check >/dev/null; then
     echo "install_detectron2: detectron2 still does not import in $VENV" >&2
     exit 1
 fi
