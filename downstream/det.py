@@ -43,7 +43,7 @@ from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
 from detectron2.solver import WarmupParamScheduler
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, get_event_storage
 from detectron2.utils.logger import setup_logger
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import DictConfig, OmegaConf
@@ -128,6 +128,27 @@ class LevelMaxPool(LastLevelMaxPool):
     def __init__(self, in_feature: str = "p5") -> None:
         super().__init__()
         self.in_feature = in_feature
+
+
+class DvcLiveWriter(EventWriter):
+    """Training losses and lr from detectron2's event storage into dvclive (logs/<run>/, as every stage)."""
+
+    def __init__(self, log_dir: Path, resume: bool, window: int = 20) -> None:
+        from dvclive import Live  # lazy: dvclive imports dvc
+
+        self.live = Live(str(log_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
+        self.window = window
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        self.live.step = storage.iter
+        for name, (value, _) in storage.latest_with_smoothing_hint(self.window).items():
+            if name == "lr" or "loss" in name:
+                self.live.log_metric(f"train/{name}", value)
+        self.live.next_step()
+
+    def close(self) -> None:
+        self.live.end()
 
 
 def vit_layer_decay(rate: float, num_layers: int) -> Callable[[str], float]:
@@ -360,7 +381,11 @@ def train_and_evaluate(job: DetectJob) -> dict[str, float | None]:
             if comm.is_main_process()
             else None,
             hooks.PeriodicWriter(
-                [CommonMetricPrinter(max_iter), JSONWriter(str(job.log_dir / "events.json"))],
+                [
+                    CommonMetricPrinter(max_iter),
+                    JSONWriter(str(job.log_dir / "events.json")),
+                    DvcLiveWriter(job.log_dir, resume=checkpointer.has_checkpoint()),
+                ],
                 period=cfg.train.log_period,
             )
             if comm.is_main_process()
