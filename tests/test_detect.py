@@ -159,7 +159,7 @@ def test_detect_stage_writes_all_metrics_and_resumes(tmp_path, monkeypatch):
     assert sorted(metrics) == sorted(f"{t}_{k}" for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
     assert all(v is None or 0.0 <= v <= 100.0 for v in metrics.values())
     assert Path("checkpoints/detect-s/model_final.pth").is_file()
-    assert "train/total_loss" in json.loads(Path("logs/detect-s/metrics.json").read_text())  # dvclive
+    assert "total_loss" in json.loads(Path("logs/detect-s/metrics.json").read_text())["train"]  # dvclive
     from detectron2.config import LazyConfig
 
     saved = LazyConfig.load("logs/detect-s/config.yaml")  # the config it ran, reloadable
