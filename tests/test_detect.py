@@ -11,17 +11,23 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from coco_tiny import make_coco
 from mim.config import load_section
 from mim.engine import RunConfig
 from mim.errors import MimError
 from mim.export import save_encoder
+from mim.synth import write_coco
 from mim.vit import ViTConfig, ViTEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_D2 = importlib.util.find_spec("detectron2") is not None
 needs_d2 = pytest.mark.skipif(not HAVE_D2, reason="detectron2 not installed: run `bash scripts/install_detectron2.sh .venv`")
 TINY = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+def make_coco(root: Path, n_train: int = 2, n_val: int = 2, size: int = 64) -> Path:
+    """The embedded COCO stand-in (prepare-data's generator), at its smallest."""
+    write_coco(root, classes=3, train_images=n_train, val_images=n_val, image_size=size, objects=(1, 3), seed=0)
+    return root
 
 
 def test_missing_detectron2_names_the_install_command(monkeypatch):
@@ -122,7 +128,7 @@ def test_few_iterations_lower_the_loss_on_a_fixed_batch(tmp_path):
 
     job = _job(tmp_path, drop_path=0.0, lr=1e-3, layer_decay=1.0)
     register(job.coco)
-    cfg = build_config(job, TINY, classes=2)
+    cfg = build_config(job, TINY, classes=3)
     model = instantiate(cfg.model).train()
     cfg.optimizer.params.model = model
     opt = instantiate(cfg.optimizer)
