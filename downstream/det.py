@@ -49,6 +49,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import DictConfig, OmegaConf
 
 from downstream.vitdet_convert import load_into_vit, vit_kwargs
+from mim.checkpoint import write_json
 from mim.config import to_dict
 from mim.engine import RunConfig
 from mim.errors import DataError, MimError
@@ -346,13 +347,12 @@ def _prepare_checkpoint_dir(job: DetectJob, key: dict[str, Any], log: logging.Lo
         stamp.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
 
 
-def train_and_evaluate(job: DetectJob) -> dict[str, float | None]:
+def train_and_evaluate(job: DetectJob, classes: int) -> dict[str, float | None]:
     """Train (or resume) and evaluate in this process; returns flat metrics on the main process."""
     if job.run.threads:
         torch.set_num_threads(job.run.threads)
     log = setup_logger(str(job.log_dir), distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
     seed_all_rng(job.run.seed + comm.get_rank())
-    classes = num_classes(job.coco)
     register(job.coco)
     enc_cfg, enc_state, _ = read_encoder(job.encoder)
     cfg = build_config(job, enc_cfg, classes)
@@ -406,18 +406,17 @@ def train_and_evaluate(job: DetectJob) -> dict[str, float | None]:
     return flat_metrics(results) if comm.is_main_process() else {}
 
 
-def _worker(job: DetectJob, out: Path) -> None:
-    metrics = train_and_evaluate(job)
+def _worker(job: DetectJob, classes: int, out: Path) -> None:
+    metrics = train_and_evaluate(job, classes)
     if comm.is_main_process():
-        from mim.checkpoint import write_json
-
         write_json(out, metrics)
 
 
 def run_detect(job: DetectJob, metrics_path: Path, num_gpus: int) -> dict[str, float | None]:
     """Train and evaluate on `num_gpus` GPUs (detectron2's launcher) or the CPU; write metrics."""
+    classes = num_classes(job.coco)  # once: COCO's train json takes seconds to parse
     if num_gpus > 1:
-        launch(_worker, num_gpus, dist_url="auto", args=(job, metrics_path))
+        launch(_worker, num_gpus, dist_url="auto", args=(job, classes, metrics_path))
     else:
-        _worker(job, metrics_path)
+        _worker(job, classes, metrics_path)
     return json.loads(metrics_path.read_text())
