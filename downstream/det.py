@@ -79,6 +79,7 @@ class DetectConfig:
     mask_head_dims: tuple[int, ...] = (256, 256, 256, 256, 256)  # 4 convs + deconv width (last)
     roi_batch_per_image: int = 512  # sampled RoIs per training image
     test_proposals: int = 1000  # RPN post-NMS proposals per image at test time
+    test_score_thresh: float = 0.05  # detections below are dropped (0: always keep the top 100)
     batch_size: int = 64  # images per iteration over all GPUs
     max_iter: int = 184375
     lr: float = 1e-4
@@ -236,6 +237,7 @@ def build_config(job: DetectJob, enc_cfg: ViTConfig, classes: int) -> DictConfig
     heads.box_head.conv_dims = list(det.box_head_convs)
     heads.box_head.fc_dims = list(det.box_head_fcs)
     heads.box_predictor.input_shape = ShapeSpec(channels=det.box_head_fcs[-1])
+    heads.box_predictor.test_score_thresh = det.test_score_thresh
     heads.mask_head.conv_dims = list(det.mask_head_dims)
 
     lo, hi = det.lsj_scale
@@ -314,10 +316,14 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# Settings that do not change the trained weights: a finished run re-evaluates instead of retraining.
+NOT_TRAINING = ("test_proposals", "test_score_thresh", "checkpoint_period", "log_period")
+
+
 def run_key(job: DetectJob, classes: int) -> dict[str, Any]:
     """What must be identical for a checkpoint to be resumed: the recipe, the data, the weights."""
     return {
-        "detect": to_dict(job.det),
+        "detect": {k: v for k, v in to_dict(job.det).items() if k not in NOT_TRAINING},
         "seed": job.run.seed,
         "coco": str(job.coco.root),
         "classes": classes,

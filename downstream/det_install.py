@@ -20,3 +20,20 @@ def require_detectron2() -> None:
             f"detectron2 is not installed ({e}): run `{INSTALL_HINT}` "
             "(pinned, re-tagged sal-detectron2 wheel; with a GPU and internet you may build upstream instead)"
         ) from None
+
+
+# Warnings detectron2 0.7 triggers in today's torch / timm / setuptools on every run; they are
+# about its code, not the user's, so the stage hides exactly these and nothing else.
+_KNOWN_WARNINGS = (
+    (UserWarning, r"pkg_resources is deprecated"),
+    (UserWarning, r"torch\.meshgrid: in an upcoming release"),
+    (FutureWarning, r"Importing from timm\.models\.layers is deprecated"),
+    (FutureWarning, r"`torch\.jit\.script` is deprecated"),
+)
+
+
+def hide_known_warnings() -> None:
+    import warnings
+
+    for category, message in _KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)

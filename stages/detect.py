@@ -18,8 +18,9 @@ from stages.common import params_option
 def detect(student: str, coco: Path | None, num_gpus: int | None, params_path: Path) -> None:
     """Train ViTDet Mask R-CNN from models/<student>/encoder.safetensors on COCO train2017; val2017
     box and mask AP to metrics/detect/<student>.json (resumes from checkpoints/detect-<student>/)."""
-    from downstream.det_install import require_detectron2
+    from downstream.det_install import hide_known_warnings, require_detectron2
 
+    hide_known_warnings()
     require_detectron2()
     import torch
 

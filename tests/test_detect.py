@@ -233,7 +233,8 @@ def test_paper_profile_is_detectron2s_vitdet_b_recipe(tmp_path):
     for path in ("proposal_generator.in_features", "proposal_generator.anchor_generator.sizes",
                  "proposal_generator.anchor_generator.strides", "roi_heads.box_in_features",
                  "roi_heads.box_pooler.scales", "roi_heads.box_head.conv_dims", "roi_heads.box_head.fc_dims",
-                 "roi_heads.mask_head.conv_dims", "roi_heads.batch_size_per_image", "proposal_generator.post_nms_topk"):
+                 "roi_heads.mask_head.conv_dims", "roi_heads.batch_size_per_image", "proposal_generator.post_nms_topk",
+                 "roi_heads.box_predictor.test_score_thresh"):
         a, b = ours.model, stock
         for part in path.split("."):
             a, b = a[part], b[part]
