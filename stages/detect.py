@@ -46,7 +46,7 @@ def detect(student: str, coco: Path | None, num_gpus: int | None, params_path: P
     m = run_detect(job, Path("metrics/detect") / f"{student}.json", gpus)
 
     def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.1f}"
+        return "n/a" if v is None else f"{v:.2f}"
 
     click.echo(f"{student}: COCO val2017 AP box {fmt(m['bbox_AP'])}  AP mask {fmt(m['segm_AP'])}  "
                f"(metrics/detect/{student}.json, config logs/{run_name}/config.yaml)")
