@@ -69,3 +69,7 @@ main.add_command(token_diversity)
 from stages.segment import segment  # noqa: E402
 
 main.add_command(segment)
+
+from stages.detect import detect  # noqa: E402
+
+main.add_command(detect)
