@@ -20,8 +20,8 @@ def finetune(student: str, data: Path | None, params_path: Path) -> None:
     import torch
 
     from mim.checkpoint import write_json
-    from mim.config import load_section
-    from mim.datasets import read_manifest, to_dict
+    from mim.config import load_section, to_dict
+    from mim.datasets import read_manifest
     from mim.engine import RunConfig, fit, init_distributed, is_main
     from mim.export import load_encoder, read_encoder
     from mim.finetune import FinetuneConfig, finetune_task
