@@ -102,8 +102,18 @@ def finetune_transforms(img_size: int, cfg: FinetuneConfig) -> tuple[Any, Any]:
         img_size, is_training=True, auto_augment=cfg.auto_augment, interpolation="bicubic", re_prob=cfg.reprob,
         re_mode="pixel", re_count=1, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     )
+    _clamp_posterize(train)
     val = create_transform(img_size, is_training=False, interpolation="bicubic", crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return train, val
+
+
+def _clamp_posterize(transform: Any) -> None:
+    """timm's increasing Posterize reaches 0 bits at magnitude 10 (m9 + mstd noise), which
+    Pillow >= 13 rejects; keep at least 1 bit (0 bits only ever blanked the image)."""
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if op.name.startswith("Posterize") and op.level_fn is not None:
+                op.level_fn = lambda level, hp, fn=op.level_fn: (max(1, fn(level, hp)[0]),)
 
 
 @torch.no_grad()

@@ -73,3 +73,4 @@ main.add_command(segment)
 from stages.detect import detect  # noqa: E402
 
 main.add_command(detect)
+

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from stages.common import dataset_root, params_option
+from stages.common import params_option
 
 
 @click.command("finetune")
@@ -21,6 +21,7 @@ def finetune(student: str, data: Path | None, params_path: Path) -> None:
 
     from mim.checkpoint import write_json
     from mim.config import load_section, to_dict
+    from mim.datasets import read_manifest
     from mim.engine import RunConfig, fit, init_distributed, is_main
     from mim.export import load_encoder, read_encoder
     from mim.finetune import FinetuneConfig, finetune_task
@@ -30,7 +31,7 @@ def finetune(student: str, data: Path | None, params_path: Path) -> None:
     if run.threads:
         torch.set_num_threads(run.threads)
     init_distributed()
-    root = data or dataset_root("imagenet")
+    root = data or read_manifest().imagenet
     enc_path = Path("models") / student / "encoder.safetensors"
     read_encoder(enc_path)  # clear error for a missing or corrupt file
     torch.manual_seed(run.seed)  # head init

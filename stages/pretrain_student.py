@@ -1,6 +1,7 @@
 """`mimrepro pretrain-student --method NAME`: pretrain a student ViT and export its encoder.
 
-A method is one entry of `METHODS`: a function (params file, ImageNet-layout root) ->
+A method is one entry of `METHODS`: a function (params file, ImageNet-layout root or None =
+the manifest's) ->
 `Pretraining`, i.e. the encoder to export and, unless the method trains nothing
 (`scratch`), the engine `Task` that trains it.  Every method ends in the same file,
 `models/<student>/encoder.safetensors`, which every downstream stage reads.
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from stages.common import dataset_root, params_option
+from stages.common import params_option
 
 if TYPE_CHECKING:
     from mim.engine import OptimConfig, Task
@@ -29,7 +30,7 @@ class Pretraining:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def scratch(params: Path, data: Path) -> Pretraining:
+def scratch(params: Path, data: Path | None) -> Pretraining:
     """Random initialisation, no training: the baseline every pretrained student must beat."""
     import torch
 
@@ -43,11 +44,12 @@ def scratch(params: Path, data: Path) -> Pretraining:
     return Pretraining(ViTEncoder(enc_cfg), {"encoder": to_dict(enc_cfg), "seed": run.seed})
 
 
-def mae(params: Path, data: Path) -> Pretraining:
+def mae(params: Path, data: Path | None) -> Pretraining:
     """MAE: random 75% masking, encoder on visible patches, pixel reconstruction (mim/mae.py)."""
     import torch
 
     from mim.config import load_section, to_dict
+    from mim.datasets import read_manifest
     from mim.engine import RunConfig
     from mim.mae import MAE
     from mim.pretrain import MAEPretrainConfig, image_pretrain_task
@@ -57,6 +59,7 @@ def mae(params: Path, data: Path) -> Pretraining:
     cfg = load_section(params, "mae", MAEPretrainConfig)
     run = load_section(params, "run", RunConfig)
     torch.manual_seed(run.seed)
+    data = data or read_manifest().imagenet
     model = MAE(enc_cfg, cfg.model)
     task = image_pretrain_task(model, data / "train", enc_cfg.img_size, cfg.crop_scale, cfg.optim, run)
     config = {"encoder": to_dict(enc_cfg), "mae": to_dict(cfg), "seed": run.seed, "data": str(data)}

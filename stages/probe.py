@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from stages.common import dataset_root, params_option
+from stages.common import params_option
 
 
 @click.command("probe")
@@ -21,6 +21,7 @@ def probe(student: str, data: Path | None, params_path: Path) -> None:
 
     from mim.checkpoint import write_json
     from mim.config import load_section
+    from mim.datasets import read_manifest
     from mim.data import ImageFolder
     from mim.engine import RunConfig, device
     from mim.export import load_encoder
@@ -30,7 +31,7 @@ def probe(student: str, data: Path | None, params_path: Path) -> None:
     run = load_section(params_path, "run", RunConfig)
     if run.threads:
         torch.set_num_threads(run.threads)
-    root = data or dataset_root("imagenet")
+    root = data or read_manifest().imagenet
     encoder = load_encoder(Path("models") / student / "encoder.safetensors").to(device())
     tf = eval_transform(encoder.cfg.img_size)
     train, val = ImageFolder(root / "train", tf), ImageFolder(root / "val", tf)

@@ -35,6 +35,21 @@ def test_classifier_global_pool_drops_final_norm():
     assert model.head.weight.std() < 1e-4  # MAE head init (std 2e-5)
 
 
+def test_randaug_posterize_never_zero_bits():
+    from mim.finetune import FinetuneConfig, finetune_transforms
+    from mim.engine import OptimConfig
+
+    train, _ = finetune_transforms(32, FinetuneConfig(optim=OptimConfig(epochs=1, batch_size=2, base_lr=1.0)))
+    ops = [op for t in train.transforms for op in getattr(t, "ops", []) if op.name.startswith("Posterize")]
+    assert ops and all(op.level_fn(10.0, op.hparams)[0] >= 1 for op in ops)
+    from PIL import Image
+
+    img = Image.new("RGB", (40, 40), (200, 30, 90))
+    for op in ops:
+        op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0
+        op(img)  # Pillow >= 13 raises on 0 bits
+
+
 def test_knn_on_hand_made_set():
     train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
     labels = torch.tensor([0, 0, 1, 1, 2])

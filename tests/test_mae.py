@@ -187,3 +187,10 @@ def test_paper_profile_builds_paper_sized_models():
     n_all = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert abs(n_enc / 1e6 - 85.8) < 0.2, n_enc  # ViT-B/16
     assert abs((n_all - n_enc) / 1e6 - 26.0) < 0.5, n_all - n_enc  # 8 x 512 decoder (MAE repo: ~26M)
+    from mim.finetune import FinetuneConfig
+    from mim.probe import ProbeConfig
+
+    ft = load_section(params, "finetune", FinetuneConfig)
+    assert (ft.optim.epochs, ft.optim.batch_size, ft.layer_decay, ft.drop_path, ft.mixup, ft.cutmix) == (100, 1024, 0.65, 0.1, 0.8, 1.0)
+    probe = load_section(params, "probe", ProbeConfig)
+    assert (probe.knn.k, probe.knn.temperature, probe.linear.optimizer) == (20, 0.07, "lars")
