@@ -38,3 +38,7 @@ def profile(name: str | None) -> None:
         f"profile: {name}\n"
     )
     click.echo(f"profile: {name} (params/{name}.yaml); run `dvc repro` to rebuild what changed")
+
+from stages.tokenizer import tokenizer  # noqa: E402
+
+main.add_command(tokenizer)
