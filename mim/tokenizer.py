@@ -144,19 +144,23 @@ class VQVAE(nn.Module):
         super().__init__()
         cfg.check()
         self.cfg = cfg
+        # van den Oord et al. 2017's layout: stride-2 4x4 convs straight from the pixels, a 3x3
+        # conv and residual blocks at the token grid; the decoder mirrors it with transposed convs.
         h, steps = cfg.hidden, int(math.log2(cfg.downsample))
-        enc: list[nn.Module] = [nn.Conv2d(3, h, 3, padding=1)]
-        for _ in range(steps):
-            enc += [nn.ReLU(), nn.Conv2d(h, h, 4, stride=2, padding=1)]
+        enc: list[nn.Module] = []
+        for i in range(steps):
+            enc += [nn.Conv2d(3 if i == 0 else h, h, 4, stride=2, padding=1), nn.ReLU()]
+        enc += [nn.Conv2d(3 if steps == 0 else h, h, 3, padding=1)]
         enc += [ResBlock(h) for _ in range(cfg.res_blocks)]
         enc += [nn.ReLU(), nn.Conv2d(h, cfg.code_dim, 1)]
         self.encoder = nn.Sequential(*enc)
         self.quantizer = EMAQuantizer(cfg.vocab_size, cfg.code_dim, cfg.ema_decay, cfg.dead_threshold)
         dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, h, 3, padding=1)]
         dec += [ResBlock(h) for _ in range(cfg.res_blocks)]
-        for _ in range(steps):
-            dec += [nn.ReLU(), nn.ConvTranspose2d(h, h, 4, stride=2, padding=1)]
-        dec += [nn.ReLU(), nn.Conv2d(h, 3, 3, padding=1)]
+        for i in range(steps):
+            dec += [nn.ReLU(), nn.ConvTranspose2d(h, 3 if i == steps - 1 else h, 4, stride=2, padding=1)]
+        if steps == 0:
+            dec += [nn.ReLU(), nn.Conv2d(h, 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, imgs: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ def tokenizer(params_path: Path, data_root: Path | None, manifest: Path, out: Pa
         return
 
     from mim.config import load_section, to_dict
-    from mim.data import make_loader, ImageFolder
+    from mim.data import ImageFolder, make_loader
     from mim.engine import RunConfig, fit
 
     cfg = load_section(params_path, "tokenizer", tk.TokenizerConfig)
