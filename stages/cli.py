@@ -39,6 +39,26 @@ def profile(name: str | None) -> None:
     )
     click.echo(f"profile: {name} (params/{name}.yaml); run `dvc repro` to rebuild what changed")
 
+from stages.prepare_data import prepare_data  # noqa: E402
+
+main.add_command(prepare_data)
+
+from stages.pretrain_student import pretrain_student  # noqa: E402
+
+main.add_command(pretrain_student)
+
+from stages.finetune import finetune  # noqa: E402
+
+main.add_command(finetune)
+
+from stages.probe import probe  # noqa: E402
+
+main.add_command(probe)
+
+from stages.tables import tables  # noqa: E402
+
+main.add_command(tables)
+
 from stages.tokenizer import tokenizer  # noqa: E402
 
 main.add_command(tokenizer)

@@ -31,3 +31,20 @@ def params_option(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default="params/<profile>.yaml",
         help="Params file of the profile to run (see params/profile.yaml).",
     )(f)
+
+
+MANIFEST = Path("data/manifest.json")
+
+
+def dataset_root(name: str, manifest: Path = MANIFEST) -> Path:
+    """Root of dataset `name` ("imagenet", "coco", "ade20k") as listed by prepare-data."""
+    import json
+
+    from mim.errors import MimError
+
+    if not manifest.is_file():
+        raise MimError(f"{manifest} not found; run `mimrepro prepare-data` (or `dvc repro prepare-data`) first")
+    roots = json.loads(manifest.read_text())
+    if name not in roots:
+        raise MimError(f"{manifest} lists no dataset {name!r}; it has: {', '.join(sorted(roots))}")
+    return Path(roots[name])

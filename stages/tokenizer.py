@@ -1,37 +1,23 @@
 """`mimrepro tokenizer`: BEiT's visual tokenizer -> models/tokenizer/tokenizer.safetensors."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from stages.common import params_option
-
-
-def imagenet_root(manifest: Path) -> Path:
-    """The ImageNet-layout root (train/, val/) named by prepare-data's manifest."""
-    from mim.errors import DataError
-
-    if not manifest.is_file():
-        raise DataError(f"{manifest} not found: run `mimrepro prepare-data` (or pass --data ROOT)")
-    root = json.loads(manifest.read_text()).get("imagenet")
-    if not root:
-        raise DataError(f"{manifest} names no 'imagenet' dataset")
-    return Path(root)
+from stages.common import dataset_root, params_option
 
 
 @click.command("tokenizer")
 @params_option
 @click.option("--data", "data_root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="ImageNet-layout root with train/ and val/ [default: 'imagenet' in data/manifest.json].")
-@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=Path("data/manifest.json"), show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("models/tokenizer/tokenizer.safetensors"), show_default=True)
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("metrics/tokenizer/tokenizer.json"), show_default=True)
 @click.option("--convert-dalle", nargs=2, type=click.Path(path_type=Path), default=None, metavar="PKL OUT",
               help="Only convert DALL-E's pickled encoder.pkl to safetensors OUT (unpickling runs code!) and exit.")
-def tokenizer(params_path: Path, data_root: Path | None, manifest: Path, out: Path, metrics_path: Path,
+def tokenizer(params_path: Path, data_root: Path | None, out: Path, metrics_path: Path,
               convert_dalle: tuple[Path, Path] | None) -> None:
     """Train BEiT's visual tokenizer (VQ-VAE, mode train) or export the converted DALL-E encoder (mode dalle)."""
     from mim import tokenizer as tk
@@ -48,7 +34,7 @@ def tokenizer(params_path: Path, data_root: Path | None, manifest: Path, out: Pa
 
     cfg = load_section(params_path, "tokenizer", tk.TokenizerConfig)
     run = load_section(params_path, "run", RunConfig)
-    root = data_root or imagenet_root(manifest)
+    root = data_root or dataset_root("imagenet")
     if cfg.mode == "dalle":
         if not cfg.dalle_weights:
             raise tk.MimError("tokenizer.dalle_weights is empty: convert encoder.pkl with `mimrepro tokenizer --convert-dalle PKL OUT`")
@@ -61,7 +47,7 @@ def tokenizer(params_path: Path, data_root: Path | None, manifest: Path, out: Pa
         task, tok, _ = tk.tokenizer_task(cfg, run, root / "train", root / "val")
         assert cfg.optim is not None
         metrics = fit(task, cfg.optim, run, checkpoint=Path("checkpoints/tokenizer.pt"), log_dir=Path("logs/tokenizer"),
-                      config={"tokenizer": to_dict(cfg), "run": to_dict(run), "data": str(root)}, desc="tokenizer")
+                      config={"tokenizer": to_dict(cfg), "seed": run.seed, "data": str(root)}, desc="tokenizer")
         tok = tk.vqvae_tokenizer(task.model.cpu())  # type: ignore[arg-type]
     tk.save_tokenizer(out, tok)
     metrics = {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")}

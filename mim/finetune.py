@@ -1,0 +1,168 @@
+"""End-to-end fine-tuning of a student encoder on labelled images (MAE's recipe).
+
+Layer-wise lr decay, drop path, RandAugment + random erasing (timm's `create_transform`),
+Mixup/CutMix with label smoothing (timm's `Mixup` + `SoftTargetCrossEntropy`), global
+average pooling of the patch tokens followed by `fc_norm`, and a head initialised with
+std 2e-5 (MAE `main_finetune.py`).  The same recipe fine-tunes every student and the
+random-init `scratch` baseline, so the table compares pretraining only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torch import nn
+from torch.utils.data import Dataset
+
+from mim.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, make_loader
+from mim.engine import OptimConfig, RunConfig, Task, local_batch, steps_for
+from mim.errors import MimError
+from mim.vit import ViTEncoder
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """The `finetune` params section."""
+
+    optim: OptimConfig
+    layer_decay: float = 0.75
+    drop_path: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    label_smoothing: float = 0.1
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment(9, 0.5)
+    reprob: float = 0.25  # random erasing probability (MAE repo default)
+    global_pool: bool = True  # mean of patch tokens + fc_norm (MAE); False = cls token after norm
+    labels_per_class: int = 0  # fine-tune on the first N images of each class; 0 = all
+    eval_batch_size: int = 256
+    eval_every: int = 0  # evaluate every N epochs (always after the last); 0 = last only
+
+
+class ViTClassifier(nn.Module):
+    """Encoder + (global pool, fc_norm | cls token) + linear head."""
+
+    def __init__(self, encoder: ViTEncoder, num_classes: int, global_pool: bool = True, head_std: float = 2e-5) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.global_pool = global_pool
+        dim = encoder.cfg.embed_dim
+        if global_pool:
+            self.encoder.norm = nn.Identity()  # MAE drops the final norm and norms the pooled feature
+            self.fc_norm: nn.Module = nn.LayerNorm(dim, eps=1e-6)
+        else:
+            self.fc_norm = nn.Identity()
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=head_std)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, imgs: torch.Tensor) -> torch.Tensor:
+        x = self.encoder.forward_features(imgs)  # (N, 1+L, D)
+        x = x[:, 1:].mean(dim=1) if self.global_pool else x[:, 0]  # (N, D)
+        return self.fc_norm(x)
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(imgs))  # (N, classes)
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for embeddings, i+1 for block i, depth+1 for everything after the blocks (MAE lrd)."""
+    name = name.removeprefix("encoder.")
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def layer_decay_groups(model: ViTClassifier, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """Param groups with lr_scale = layer_decay ** (depth + 1 - layer_id); no wd on 1-D params and tokens."""
+    depth = model.encoder.cfg.depth
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid = layer_id(name, depth)
+        decay = not (p.ndim == 1 or name.endswith((".cls_token", ".pos_embed")))
+        g = groups.setdefault(
+            (lid, decay),
+            {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": layer_decay ** (depth + 1 - lid)},
+        )
+        g["params"].append(p)
+        g["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def finetune_transforms(img_size: int, cfg: FinetuneConfig) -> tuple[Any, Any]:
+    """(train, eval) transforms: RandAug + random erasing for training, resize + centre crop (0.875) for eval."""
+    train = create_transform(
+        img_size, is_training=True, auto_augment=cfg.auto_augment, interpolation="bicubic", re_prob=cfg.reprob,
+        re_mode="pixel", re_count=1, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    )
+    val = create_transform(img_size, is_training=False, interpolation="bicubic", crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return train, val
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, topk: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy in percent over a dataset of (image, label)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = {k: 0 for k in topk}
+    total = 0
+    loader = make_loader(dataset, batch_size, epoch=0, seed=0, shuffle=False, drop_last=False)
+    for imgs, labels in loader:
+        logits = model(imgs.to(dev)).float()
+        labels = labels.to(dev)
+        top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices  # (N, k)
+        hit = top == labels[:, None]
+        for k in topk:
+            correct[k] += int(hit[:, :k].any(dim=1).sum())
+        total += len(labels)
+    model.train(was_training)
+    return {f"top{k}": 100.0 * correct[k] / max(total, 1) for k in topk}
+
+
+def finetune_task(encoder: ViTEncoder, imagenet: Path, cfg: FinetuneConfig, run: RunConfig) -> Task:
+    """Classifier on `<imagenet>/train` (optionally N labels per class), evaluated on `<imagenet>/val`."""
+    train_tf, val_tf = finetune_transforms(encoder.cfg.img_size, cfg)
+    train = ImageFolder(imagenet / "train", train_tf, limit_per_class=cfg.labels_per_class)
+    val = ImageFolder(imagenet / "val", val_tf)
+    if val.classes != train.classes:
+        raise MimError(f"{imagenet}: train and val have different classes")
+    model = ViTClassifier(encoder, len(train.classes), cfg.global_pool)
+    batch = local_batch(cfg.optim)
+    if len(train) < batch * cfg.optim.accum_steps:
+        raise MimError(f"{imagenet}/train has {len(train)} labelled images, fewer than one batch ({cfg.optim.batch_size})")
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing, num_classes=len(train.classes))
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    elif cfg.label_smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(cfg.label_smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+
+    def loader(epoch: int) -> Any:
+        return make_loader(train, batch, epoch=epoch, seed=run.seed, num_workers=run.num_workers)
+
+    def step(m: nn.Module, b: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        imgs, labels = b
+        if mixup is not None:
+            imgs, labels = mixup(imgs, labels)  # soft targets (N, classes)
+        return criterion(m(imgs), labels), {}
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        last = epoch + 1 == cfg.optim.epochs
+        if not last and not (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+            return {}
+        return {f"val/{k}": v for k, v in accuracy(model, val, cfg.eval_batch_size).items()}
+
+    groups = layer_decay_groups(model, cfg.optim.weight_decay, cfg.layer_decay)
+    for g in groups:
+        g.pop("names")
+    return Task(model, step, loader, steps_for(len(train), batch), groups, evaluate=evaluate)

@@ -1,0 +1,14 @@
+"""Reference numbers from the papers, printed beside ours in the paper profile's table.
+
+Keyed by (student, column header) -> (value, source in ../shared/papers.md).  Values are
+ViT-B/16, ImageNet-1k only, as the paper profile trains; later issues add detection and
+segmentation entries (one line each).
+"""
+from __future__ import annotations
+
+PAPER_VALUES: dict[tuple[str, str], tuple[float, str]] = {
+    ("mae", "IN top-1 (fine-tune)"): (83.6, "papers.md: MAE, Reported (ViT-B)"),
+    ("mae", "IN linear"): (68.0, "papers.md: MAE, Reported (ViT-B)"),
+    ("beit", "IN top-1 (fine-tune)"): (83.2, "papers.md: BEiT, Reported ViT-B"),
+    ("img2vec", "IN top-1 (fine-tune)"): (85.1, "papers.md: Img2Vec, Reported (abstract) ViT-B"),
+}

@@ -1,0 +1,155 @@
+"""Frozen-encoder evaluation: linear probe (MAE) and weighted k-NN (DINO) on cached features.
+
+Features are extracted once (cls token after the final norm, centre-crop view) and both
+protocols run on them: the linear probe is BatchNorm1d(affine=False) + Linear trained with
+LARS (MAE `main_linprobe.py`), the k-NN classifier votes over the k nearest training
+features by cosine similarity with weights exp(sim / T) (DINO `eval_knn.py`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from mim.data import IMAGENET_MEAN, IMAGENET_STD, make_loader
+from mim.schedules import cosine_schedule
+from mim.vit import ViTEncoder
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearProbeConfig:
+    epochs: int = 90
+    batch_size: int = 16384
+    base_lr: float = 0.1  # lr = base_lr * batch_size / 256
+    warmup_epochs: int = 10
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    optimizer: Literal["lars", "sgd"] = "lars"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KNNConfig:
+    k: int = 20
+    temperature: float = 0.07
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+    """The `probe` params section."""
+
+    linear: LinearProbeConfig
+    knn: KNNConfig
+    batch_size: int = 256  # feature extraction
+
+
+def eval_transform(img_size: int) -> T.Compose:
+    """Resize to img_size / 0.875 and centre-crop (MAE / DINO evaluation view)."""
+    return T.Compose(
+        [
+            T.Resize(int(img_size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(img_size),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+@torch.no_grad()
+def extract_features(encoder: ViTEncoder, dataset: Dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D): cls token after the final norm, labels (N,)) in dataset order."""
+    encoder.eval()
+    dev = next(encoder.parameters()).device
+    feats, labels = [], []
+    for imgs, y in make_loader(dataset, batch_size, epoch=0, seed=0, shuffle=False, drop_last=False):
+        feats.append(encoder.forward_features(imgs.to(dev))[:, 0].float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_classify(
+    train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, num_classes: int,
+    k: int = 20, temperature: float = 0.07, chunk: int = 1024,
+) -> torch.Tensor:
+    """DINO's weighted k-NN: class scores (M, C) = sum over the k cosine-nearest of exp(sim / T)."""
+    train = nn.functional.normalize(train_feats, dim=1)
+    test = nn.functional.normalize(test_feats, dim=1)
+    k = min(k, len(train))
+    scores = []
+    for q in test.split(chunk):
+        sim, idx = (q @ train.T).topk(k, dim=1)  # (B, k)
+        onehot = nn.functional.one_hot(train_labels[idx], num_classes).float()  # (B, k, C)
+        scores.append((onehot * (sim / temperature).exp().unsqueeze(-1)).sum(dim=1))  # (B, C)
+    return torch.cat(scores)
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+    return 100.0 * float((top == labels[:, None]).any(dim=1).float().mean())
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al.) as MAE's linear probe uses it: trust ratio and wd on matrices only."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9, trust_coefficient: float = 0.001):  # type: ignore[no-untyped-def]
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def, override]
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                dp = p.grad
+                if p.ndim > 1:  # biases and norms: plain momentum SGD
+                    dp = dp.add(p, alpha=g["weight_decay"])
+                    p_norm, u_norm = torch.norm(p), torch.norm(dp)
+                    q = torch.where((p_norm > 0) & (u_norm > 0), g["trust_coefficient"] * p_norm / u_norm, torch.ones_like(p_norm))
+                    dp = dp.mul(q)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(g["momentum"]).add_(dp)
+                p.add_(mu, alpha=-g["lr"])
+
+
+def linear_probe(
+    train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor, val_labels: torch.Tensor,
+    num_classes: int, cfg: LinearProbeConfig, seed: int = 0,
+) -> dict[str, float]:
+    """Train BatchNorm1d(affine=False) + Linear on frozen features; top-1/top-5 (%) on val."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    dim = train_feats.shape[1]
+    head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
+    nn.init.trunc_normal_(head[1].weight, std=0.01)
+    nn.init.zeros_(head[1].bias)
+    batch = min(cfg.batch_size, len(train_feats))
+    steps = len(train_feats) // batch
+    lr = cfg.base_lr * batch / 256
+    sched = cosine_schedule(lr, 0.0, cfg.epochs * steps, cfg.warmup_epochs * steps)
+    if cfg.optimizer == "lars":
+        opt: torch.optim.Optimizer = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    else:
+        opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    head.train()
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(train_feats), generator=g)
+        for i in range(steps):
+            idx = order[i * batch : (i + 1) * batch]
+            for group in opt.param_groups:
+                group["lr"] = float(sched[epoch * steps + i])
+            loss = loss_fn(head(train_feats[idx]), train_labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    head.eval()
+    with torch.no_grad():
+        scores = head(val_feats)
+    return {"top1": topk_accuracy(scores, val_labels, 1), "top5": topk_accuracy(scores, val_labels, 5)}

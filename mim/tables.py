@@ -1,0 +1,122 @@
+"""Results tables regenerated from `metrics/<task>/<student>.json`.
+
+Rows are students, columns come from `COLUMNS` (one `Column` per metric: a later issue
+adds detection or segmentation with one line).  A missing metrics file or key leaves an
+empty cell.  With `paper=True` each column with a reference value in `PAPER_VALUES` gets
+a "paper" and a "delta" column next to it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from mim.errors import MimError
+from mim.paper_values import PAPER_VALUES
+
+
+@dataclass(frozen=True, kw_only=True)
+class TablesConfig:
+    """The `tables` params section."""
+
+    paper_values: bool = False  # add the papers' numbers and the delta (paper profile)
+
+
+@dataclass(frozen=True)
+class Column:
+    task: str  # metrics/<task>/<student>.json
+    key: str  # key inside that JSON
+    header: str
+
+
+COLUMNS: list[Column] = [
+    Column("finetune", "top1", "IN top-1 (fine-tune)"),
+    Column("probe", "linear_top1", "IN linear"),
+    Column("probe", "knn_top1", "IN k-NN"),
+]
+
+# Known students first, in this order; any other student found in metrics/ follows, sorted.
+STUDENT_ORDER = ["scratch", "mae", "beit", "img2vec"]
+
+
+def find_students(metrics_dir: Path, columns: list[Column] = COLUMNS) -> list[str]:
+    found = {p.stem for c in {c.task for c in columns} for p in (metrics_dir / c).glob("*.json")}
+    known = [s for s in STUDENT_ORDER if s in found]
+    return known + sorted(found - set(known))
+
+
+def read_metrics(metrics_dir: Path, task: str, student: str) -> dict[str, float]:
+    path = metrics_dir / task / f"{student}.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MimError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise MimError(f"{path}: expected a JSON object of numbers")
+    return data
+
+
+def build_table(
+    metrics_dir: Path, columns: list[Column] = COLUMNS, paper: bool = False, students: list[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of formatted cells; numbers with 1 decimal, missing -> ''."""
+    students = students if students is not None else find_students(metrics_dir, columns)
+    header = ["student"]
+    for c in columns:
+        header.append(c.header)
+        if paper and any(col == c.header for _, col in PAPER_VALUES):
+            header += [f"{c.header} paper", f"{c.header} delta"]
+    rows = []
+    for s in students:
+        row = [s]
+        for c in columns:
+            value = read_metrics(metrics_dir, c.task, s).get(c.key)
+            row.append(_fmt(value))
+            if paper and any(col == c.header for _, col in PAPER_VALUES):
+                ref = PAPER_VALUES.get((s, c.header))
+                row.append(_fmt(ref[0]) if ref else "")
+                row.append(_fmt(value - ref[0], signed=True) if ref and value is not None else "")
+        rows.append(row)
+    return header, rows
+
+
+def _fmt(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return ""
+    return f"{x:+.1f}" if signed else f"{x:.1f}"
+
+
+def to_markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(header: list[str], rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def git_revision(cwd: Path = Path(".")) -> str:
+    """Short commit hash, '+dirty' when tracked files differ from it; 'unknown' outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
+def sources_note(paper: bool) -> str:
+    if not paper:
+        return ""
+    srcs = sorted({f"{s}/{c}: {src}" for (s, c), (_, src) in PAPER_VALUES.items()})
+    return "Paper values: " + "; ".join(srcs) + "."

@@ -1,0 +1,101 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from imagefolders import make_imagenet
+from mim.export import save_encoder
+from mim.finetune import ViTClassifier, layer_decay_groups, layer_id
+from mim.probe import LARS, knn_classify, linear_probe, LinearProbeConfig, topk_accuracy
+from mim.vit import ViTConfig, ViTEncoder
+from stages.cli import main
+
+ENC = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+def test_layer_decay_groups():
+    model = ViTClassifier(ViTEncoder(ENC), 5)
+    groups = layer_decay_groups(model, 0.05, 0.5)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert len(by_name) == sum(1 for p in model.parameters() if p.requires_grad)  # each trainable one once
+    assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == 0.5**3
+    assert by_name["encoder.cls_token"]["lr_scale"] == 0.5**3 and by_name["encoder.cls_token"]["weight_decay"] == 0
+    assert by_name["encoder.blocks.0.attn.qkv.weight"]["lr_scale"] == 0.5**2
+    assert by_name["encoder.blocks.1.mlp.fc1.weight"]["lr_scale"] == 0.5
+    assert by_name["head.weight"]["lr_scale"] == 1.0 and by_name["head.weight"]["weight_decay"] == 0.05
+    assert by_name["fc_norm.weight"]["weight_decay"] == 0 and by_name["head.bias"]["weight_decay"] == 0
+    assert layer_id("encoder.blocks.1.norm1.bias", 2) == 2
+
+
+def test_classifier_global_pool_drops_final_norm():
+    model = ViTClassifier(ViTEncoder(ENC), 5)
+    assert isinstance(model.encoder.norm, torch.nn.Identity)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    assert model.head.weight.std() < 1e-4  # MAE head init (std 2e-5)
+
+
+def test_knn_on_hand_made_set():
+    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    test = torch.tensor([[2.0, 0.1], [0.05, 3.0], [-1.0, -0.1]])
+    scores = knn_classify(train, labels, test, 3, k=1, temperature=0.07)
+    assert scores.argmax(1).tolist() == [0, 1, 2]
+    # k=3 with voting weighted by exp(cos/T): one very close class-2 neighbour loses to two class-0 ones at equal cos
+    train2 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.01]])
+    scores2 = knn_classify(train2, torch.tensor([0, 0, 2]), torch.tensor([[1.0, 0.0]]), 3, k=3, temperature=0.07)
+    assert scores2.argmax(1).item() == 0
+    assert torch.allclose(scores2[0, 0], 2 * torch.exp(torch.tensor(1 / 0.07)))
+    assert topk_accuracy(scores, torch.tensor([0, 1, 1]), 1) == pytest.approx(200 / 3)
+
+
+def test_linear_probe_separates_separable_features():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g)
+    y = (x[:, 0] > 0).long()
+    cfg = LinearProbeConfig(epochs=20, batch_size=50, base_lr=1.0, warmup_epochs=2, optimizer="sgd")
+    res = linear_probe(x[:150], y[:150], x[150:], y[150:], 2, cfg)
+    assert res["top1"] > 90
+    assert linear_probe(x[:150], y[:150], x[150:], y[150:], 2, cfg) == res  # deterministic
+
+
+def test_lars_skips_trust_ratio_on_vectors():
+    w = torch.nn.Parameter(torch.ones(2, 2))
+    b = torch.nn.Parameter(torch.ones(2))
+    opt = LARS([w, b], lr=1.0, momentum=0.0)
+    w.grad, b.grad = torch.full((2, 2), 5.0), torch.full((2,), 5.0)
+    opt.step()
+    assert torch.allclose(b, torch.full((2,), -4.0))  # plain SGD on 1-D
+    assert torch.allclose(w, torch.full((2, 2), 1 - 0.001))  # trust ratio: |w| / |g| * 0.001 * g
+
+
+PARAMS = """
+run: {seed: 0, num_workers: 0, amp: true, threads: 1}
+finetune:
+  layer_decay: 0.75
+  drop_path: 0.1
+  labels_per_class: 4
+  optim: {epochs: 2, batch_size: 4, base_lr: 1.0e-3, warmup_epochs: 1, betas: [0.9, 0.999]}
+probe:
+  linear: {epochs: 3, batch_size: 4, base_lr: 0.1, warmup_epochs: 1}
+  knn: {k: 3, temperature: 0.07}
+"""
+
+
+def test_finetune_and_probe_stages_write_metrics(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = make_imagenet(tmp_path / "data", classes=3, train=6, val=2, size=32)
+    torch.manual_seed(0)
+    save_encoder(tmp_path / "models/s/encoder.safetensors", ViTEncoder(ENC))
+    (tmp_path / "p.yaml").write_text(PARAMS)
+    r = CliRunner()
+    res = r.invoke(main, ["finetune", "--student", "s", "--data", str(data), "--params", "p.yaml"])
+    assert res.exit_code == 0, res.output
+    ft = json.loads((tmp_path / "metrics/finetune/s.json").read_text())
+    assert set(ft) == {"top1", "top5", "epochs", "labels_per_class"} and ft["top5"] == 100.0  # 3 classes
+    res = r.invoke(main, ["probe", "--student", "s", "--data", str(data), "--params", "p.yaml"])
+    assert res.exit_code == 0, res.output
+    pr = json.loads((tmp_path / "metrics/probe/s.json").read_text())
+    assert {"linear_top1", "knn_top1"} <= set(pr) and all(0 <= v <= 100 for v in pr.values())
+    res = r.invoke(main, ["probe", "--student", "missing", "--data", str(data), "--params", "p.yaml"])
+    assert res.exit_code == 1 and "encoder file not found" in res.output

@@ -1,0 +1,48 @@
+import json
+
+from click.testing import CliRunner
+
+from mim.tables import COLUMNS, Column, build_table, to_csv, to_markdown
+from stages.cli import main
+
+
+def write(root, task, student, data):
+    (root / task).mkdir(parents=True, exist_ok=True)
+    (root / task / f"{student}.json").write_text(json.dumps(data))
+
+
+def test_rows_columns_and_missing_cells(tmp_path):
+    m = tmp_path / "metrics"
+    write(m, "finetune", "mae", {"top1": 61.25, "top5": 90.0, "epochs": 5, "labels_per_class": 10})
+    write(m, "finetune", "scratch", {"top1": 40.0})
+    write(m, "probe", "mae", {"linear_top1": 33.333, "knn_top1": 30.0})
+    write(m, "probe", "zeta", {"knn_top1": 1.0})
+    header, rows = build_table(m)
+    assert header == ["student", "IN top-1 (fine-tune)", "IN linear", "IN k-NN"]
+    assert rows == [["scratch", "40.0", "", ""], ["mae", "61.2", "33.3", "30.0"], ["zeta", "", "", "1.0"]]
+    assert to_markdown(header, rows).splitlines()[3] == "| mae | 61.2 | 33.3 | 30.0 |"
+    assert to_csv(header, rows).splitlines()[1] == "scratch,40.0,,"
+    extra = COLUMNS + [Column("detect", "bbox_AP", "COCO AP box")]  # a later issue: one line
+    write(m, "detect", "mae", {"bbox_AP": 12.5})
+    assert build_table(m, extra)[1][1][-1] == "12.5"
+
+
+def test_paper_columns_and_delta(tmp_path):
+    m = tmp_path / "metrics"
+    write(m, "finetune", "mae", {"top1": 80.0})
+    header, rows = build_table(m, paper=True)
+    i = header.index("IN top-1 (fine-tune) paper")
+    assert rows[0][i : i + 2] == ["83.6", "-3.6"]
+
+
+def test_tables_stage_regenerates_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "metrics", "finetune", "mae", {"top1": 55.0, "top5": 90.0, "epochs": 4, "labels_per_class": 8})
+    write(tmp_path / "metrics", "finetune", "scratch", {"top1": 45.0, "top5": 80.0, "epochs": 4, "labels_per_class": 8})
+    (tmp_path / "p.yaml").write_text("tables: {paper_values: false}\n")
+    res = CliRunner().invoke(main, ["tables", "--params", "p.yaml"])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "results/results.md").read_text()
+    assert "| scratch | 45.0 |  |  |" in md and "| mae | 55.0 |  |  |" in md
+    assert "8 labelled images per class" in md and "`p.yaml`" in md and "commit" in md
+    assert (tmp_path / "results/results.csv").read_text().startswith("student,IN top-1 (fine-tune)")
