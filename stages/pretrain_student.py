@@ -63,12 +63,13 @@ def mae(params: Path, data: Path) -> Pretraining:
     return Pretraining(model.encoder, config, task, cfg.optim)
 
 
-def beit(params: Path, data: Path) -> Pretraining:
+def beit(params: Path, data: Path | None) -> Pretraining:
     """BEiT: blockwise masking, mask embedding before the encoder, visual-token prediction (mim/beit.py)."""
     import hashlib
 
     from mim.beit import BEiTConfig, beit_task
     from mim.config import load_section, to_dict
+    from mim.datasets import read_manifest
     from mim.engine import RunConfig
     from mim.tokenizer import load_tokenizer
     from mim.vit import ViTConfig
@@ -76,6 +77,7 @@ def beit(params: Path, data: Path) -> Pretraining:
     enc_cfg = load_section(params, "encoder", ViTConfig)
     cfg = load_section(params, "beit", BEiTConfig)
     run = load_section(params, "run", RunConfig)
+    data = data or read_manifest().imagenet
     tok_path = Path("models/tokenizer/tokenizer.safetensors")
     tokenizer = load_tokenizer(tok_path)
     task = beit_task(cfg, enc_cfg, run, data / "train", tokenizer)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from stages.common import dataset_root, params_option
+from stages.common import params_option
 
 
 @click.command("tokenizer")
@@ -30,11 +30,12 @@ def tokenizer(params_path: Path, data_root: Path | None, out: Path, metrics_path
 
     from mim.config import load_section, to_dict
     from mim.data import ImageFolder, make_loader
+    from mim.datasets import read_manifest
     from mim.engine import RunConfig, fit
 
     cfg = load_section(params_path, "tokenizer", tk.TokenizerConfig)
     run = load_section(params_path, "run", RunConfig)
-    root = data_root or dataset_root("imagenet")
+    root = data_root or read_manifest().imagenet
     if cfg.mode == "dalle":
         if not cfg.dalle_weights:
             raise tk.MimError("tokenizer.dalle_weights is empty: convert encoder.pkl with `mimrepro tokenizer --convert-dalle PKL OUT`")
