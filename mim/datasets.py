@@ -211,17 +211,26 @@ def _silent(it: Iterable[int], total: int, desc: str) -> Iterable[int]:
     return it
 
 
-def build(cfg: DataConfig, out: Path, progress: Progress = _silent) -> dict[str, Any]:
-    """Generate the embedded datasets under `out` (or check the real ones) and return the manifest."""
+def build(cfg: DataConfig, out: Path, progress: Progress = _silent, where: str = "data") -> dict[str, Any]:
+    """Generate the embedded datasets under `out` (or check the real ones) and return the manifest.
+
+    `where` names the params section in error messages (e.g. "params/paper.yaml: data").
+    """
     out = Path(out)
     ds: dict[str, Any] = {}
     # Real paths first: a wrong path fails before minutes of generating.
     real = {"imagenet": validate_imagenet, "coco": validate_coco, "ade20k": validate_ade20k}
+    errors = []
     for name, check in real.items():
         root = getattr(cfg, name).root
         if root is not None:
             path = Path(os.path.abspath(os.path.expanduser(root)))
-            ds[name] = {"root": str(path), "embedded": False, **check(path)}
+            try:
+                ds[name] = {"root": str(path), "embedded": False, **check(path)}
+            except DataError as e:
+                errors.append(f"{e} (set in {where}.{name}.root)")
+    if errors:
+        raise DataError("; ".join(errors))
 
     if cfg.imagenet.root is None:
         c = cfg.imagenet
@@ -247,7 +256,7 @@ def build(cfg: DataConfig, out: Path, progress: Progress = _silent) -> dict[str,
     return manifest
 
 
-def write_data(cfg: DataConfig, out: Path, progress: Progress = _silent) -> Manifest:
+def write_data(cfg: DataConfig, out: Path, progress: Progress = _silent, where: str = "data") -> Manifest:
     """`build` into a temporary sibling folder, then swap it in: a crash leaves no half-written `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +264,7 @@ def write_data(cfg: DataConfig, out: Path, progress: Progress = _silent) -> Mani
     tmp.chmod(0o755)  # mkdtemp makes it private; the data folder is not
     old = out.parent / f".{out.name}.old"
     try:
-        build(cfg, tmp, progress)
+        build(cfg, tmp, progress, where)
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():
             os.replace(out, old)

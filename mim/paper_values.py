@@ -11,4 +11,7 @@ PAPER_VALUES: dict[tuple[str, str], tuple[float, str]] = {
     ("mae", "IN linear"): (68.0, "papers.md: MAE, Reported (ViT-B)"),
     ("beit", "IN top-1 (fine-tune)"): (83.2, "papers.md: BEiT, Reported ViT-B"),
     ("img2vec", "IN top-1 (fine-tune)"): (85.1, "papers.md: Img2Vec, Reported (abstract) ViT-B"),
+    ("mae", "ADE20K mIoU"): (48.1, "papers.md: MAE, Reported ADE20K UperNet (ViT-B)"),
+    ("beit", "ADE20K mIoU"): (47.1, "papers.md: BEiT, ADE20K ViT-B as reproduced in the MAE paper"),
+    ("img2vec", "ADE20K mIoU"): (50.7, "papers.md: Img2Vec, Reported (abstract; model size not stated)"),
 }

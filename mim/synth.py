@@ -253,16 +253,16 @@ def _radius_bound(stretch: tuple[float, float]) -> float:
 
 # ---------------------------------------------------------------- images
 def classification_image(rng: np.random.Generator, label: int, classes: int, size: int) -> Image.Image:
-    """One dominant object of class `label`, over 0-2 smaller distractors of any class."""
+    """One dominant object of class `label`, over 0-2 much smaller distractors of any class."""
     canvas = background(rng, size)
-    for _ in range(int(rng.integers(3))):
+    for _ in range(int(rng.choice(3, p=[0.5, 0.35, 0.15]))):
         other = int(rng.integers(classes))
         poly = place(SHAPE_NAMES[other], rng.uniform(0, size), rng.uniform(0, size),
-                     rng.uniform(0.08, 0.16) * size, rng.uniform(0, 2 * math.pi), _stretch(rng))
+                     rng.uniform(0.06, 0.13) * size, rng.uniform(0, 2 * math.pi), _stretch(rng))
         draw(canvas, rng, other, poly)
     c = size / 2
     poly = place(SHAPE_NAMES[label], c + rng.uniform(-0.15, 0.15) * size, c + rng.uniform(-0.15, 0.15) * size,
-                 rng.uniform(0.22, 0.42) * size, rng.uniform(0, 2 * math.pi), _stretch(rng))
+                 rng.uniform(0.25, 0.42) * size, rng.uniform(0, 2 * math.pi), _stretch(rng))
     draw(canvas, rng, label, poly)
     return finish(canvas, rng)
 

@@ -36,6 +36,7 @@ COLUMNS: list[Column] = [
     Column("finetune", "top1", "IN top-1 (fine-tune)"),
     Column("probe", "linear_top1", "IN linear"),
     Column("probe", "knn_top1", "IN k-NN"),
+    Column("segment", "mIoU", "ADE20K mIoU"),
 ]
 
 # Known students first, in this order; any other student found in metrics/ follows, sorted.

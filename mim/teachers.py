@@ -50,8 +50,11 @@ class Teacher(nn.Module):
             x = self.backbone.forward_features(imgs)[:, 1:]  # (N, L, C), cls dropped
             g = imgs.shape[-1] // self.stride
             return x.reshape(x.shape[0], imgs.shape[-2] // self.stride, g, x.shape[-1])
-        fmap = self.backbone.forward_features(imgs)  # (N, C, h, w)
-        return fmap.permute(0, 2, 3, 1)
+        fmap = self.backbone.forward_features(imgs)
+        if fmap.ndim == 3:  # timm ViT: (N, prefix+L, C), drop cls/register tokens
+            x = fmap[:, getattr(self.backbone, "num_prefix_tokens", 1) :]
+            return x.reshape(x.shape[0], imgs.shape[-2] // self.stride, imgs.shape[-1] // self.stride, x.shape[-1])
+        return fmap.permute(0, 2, 3, 1)  # (N, C, h, w) -> (N, h, w, C)
 
 
 def save_timm_backbone(path: Path, model: nn.Module, arch: str, extra: dict[str, str] | None = None) -> None:
@@ -69,11 +72,12 @@ def _metadata(path: Path) -> dict[str, str]:
         raise MimError(f"cannot read teacher weights {path}: {e}") from None
 
 
-def timm_backbone(arch: str, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+def timm_backbone(arch: str, state: dict[str, torch.Tensor] | None = None, **kwargs: object) -> nn.Module:
+    """timm model without classifier or pooling; kwargs go to timm.create_model."""
     import timm
 
     try:
-        model = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="")
+        model = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="", **kwargs)
     except RuntimeError as e:  # timm: "Unknown model"
         raise MimError(f"unknown timm model {arch!r}: {e}") from None
     if state is not None:

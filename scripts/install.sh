@@ -13,3 +13,5 @@ fi
 "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24" 
 "$VENV/bin/python" -m pip install --quiet -e ".[test]"
 echo "installed: $("$VENV/bin/python" -c 'import torch, timm, dvc; print("torch", torch.__version__, "timm", timm.__version__)')"
+bash scripts/install_mmseg.sh "$VENV"  # segment stage: mmseg 1.2.2 + mmcv-lite 2.1.0 + mmengine 0.10.7
+bash scripts/install_detectron2.sh "$VENV"  # detectron2 for `mimrepro detect` (re-tagged wheel, pinned)

@@ -59,6 +59,21 @@ from stages.tables import tables  # noqa: E402
 
 main.add_command(tables)
 
+from stages.pretrain_teacher import import_teacher, pretrain_teacher  # noqa: E402
+from stages.token_diversity import token_diversity  # noqa: E402
+
+main.add_command(pretrain_teacher)
+main.add_command(import_teacher)
+main.add_command(token_diversity)
+
+from stages.segment import segment  # noqa: E402
+
+main.add_command(segment)
+
+from stages.detect import detect  # noqa: E402
+
+main.add_command(detect)
+
 from stages.tokenizer import tokenizer  # noqa: E402
 
 main.add_command(tokenizer)

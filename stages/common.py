@@ -38,13 +38,10 @@ MANIFEST = Path("data/manifest.json")
 
 def dataset_root(name: str, manifest: Path = MANIFEST) -> Path:
     """Root of dataset `name` ("imagenet", "coco", "ade20k") as listed by prepare-data."""
-    import json
-
+    from mim.datasets import read_manifest
     from mim.errors import MimError
 
-    if not manifest.is_file():
-        raise MimError(f"{manifest} not found; run `mimrepro prepare-data` (or `dvc repro prepare-data`) first")
-    roots = json.loads(manifest.read_text())
-    if name not in roots:
-        raise MimError(f"{manifest} lists no dataset {name!r}; it has: {', '.join(sorted(roots))}")
-    return Path(roots[name])
+
+    if name not in ("imagenet", "coco", "ade20k"):
+        raise MimError(f"no dataset {name!r} in the manifest; choose imagenet, coco or ade20k")
+    return Path(getattr(read_manifest(manifest), name))  # entries are {root, classes, ...} dicts

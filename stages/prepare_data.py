@@ -24,14 +24,15 @@ def prepare_data(params_path: Path, out: Path) -> None:
     from mim.datasets import DataConfig, check_config, write_data
 
     cfg = load_section(params_path, "data", DataConfig)
-    check_config(cfg, f"{params_path}: data")
+    where = f"{params_path}: data"
+    check_config(cfg, where)
 
     def progress(it: Iterable[int], total: int, desc: str) -> Iterable[int]:
         return tqdm(it, total=total, desc=desc, unit="img", file=sys.stderr, leave=False,
                     dynamic_ncols=True, disable=None)  # no bars when stderr is not a terminal
 
     start = time.perf_counter()
-    m = write_data(cfg, out, progress)
+    m = write_data(cfg, out, progress, where)
     for name in ("imagenet", "coco", "ade20k"):
         root = getattr(m, name)
         counts = ", ".join(f"{k.split('/')[1]} {n}" for k, n in m.images.items() if k.startswith(name + "/"))

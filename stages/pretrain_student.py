@@ -63,6 +63,35 @@ def mae(params: Path, data: Path) -> Pretraining:
     return Pretraining(model.encoder, config, task, cfg.optim)
 
 
+def img2vec(params: Path, data: Path, teacher: Path | None = None) -> Pretraining:
+    """Img2Vec: 60% block masking, regress a frozen teacher's tokens, multi-block + global loss (mim/img2vec.py)."""
+    import torch
+
+    from mim.config import load_section, to_dict
+    from mim.data import ImageFolder
+    from mim.engine import RunConfig
+    from mim.errors import MimError
+    from mim.img2vec import Img2VecConfig, build_task, teacher_fingerprint
+    from mim.pretrain import pretrain_transform
+    from mim.teachers import load_teacher
+    from mim.vit import ViTConfig
+
+    if teacher is None:
+        raise MimError("--method img2vec needs --teacher PATH (e.g. models/teacher/backbone.safetensors)")
+    enc_cfg = load_section(params, "encoder", ViTConfig)
+    cfg = load_section(params, "img2vec", Img2VecConfig)
+    run = load_section(params, "run", RunConfig)
+    frozen = load_teacher(teacher)
+    dataset = ImageFolder(data / "train", pretrain_transform(enc_cfg.img_size, cfg.crop_scale))
+    torch.manual_seed(run.seed)
+    task = build_task(cfg, enc_cfg, dataset, frozen, run)
+    geo = task.model.geo
+    config = {"encoder": to_dict(enc_cfg), "img2vec": to_dict(cfg), "seed": run.seed, "data": str(data),
+              "teacher": str(teacher), "teacher_sha256": teacher_fingerprint(teacher)}  # a new teacher never resumes
+    meta = {"teacher": str(teacher), "teacher_name": frozen.name, "mask_block_patches": str(geo.block),
+            "teacher_img_size": str(geo.teacher_img_size)}
+    return Pretraining(task.model.encoder, config, task, cfg.optim, meta)
+
 def beit(params: Path, data: Path | None) -> Pretraining:
     """BEiT: blockwise masking, mask embedding before the encoder, visual-token prediction (mim/beit.py)."""
     import hashlib
@@ -87,11 +116,13 @@ def beit(params: Path, data: Path | None) -> Pretraining:
 
 
 # method name -> builder; BEiT and Img2Vec add one line each.
-METHODS: dict[str, Callable[[Path, Path], Pretraining]] = {
+METHODS: dict[str, Callable[..., Pretraining]] = {
     "scratch": scratch,
     "mae": mae,
+    "img2vec": img2vec,
     "beit": beit,
 }
+TEACHER_METHODS = ("img2vec",)  # builders that take teacher=PATH (--teacher)
 
 
 @click.command("pretrain-student")
@@ -99,13 +130,16 @@ METHODS: dict[str, Callable[[Path, Path], Pretraining]] = {
 @click.option("--name", default=None, help="Student name for the outputs (default: the method).")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="ImageNet-layout root with train/ (default: 'imagenet' in data/manifest.json).")
+@click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Frozen teacher weights (img2vec): a timm CNN backbone or a student encoder .safetensors.")
 @params_option
-def pretrain_student(method: str, name: str | None, data: Path | None, params_path: Path) -> None:
+def pretrain_student(method: str, name: str | None, data: Path | None, teacher: Path | None, params_path: Path) -> None:
     """Pretrain a student (or initialise `scratch`) and write models/<student>/encoder.safetensors."""
     import torch
 
     from mim.config import load_section
     from mim.engine import RunConfig, fit, init_distributed, is_main
+    from mim.errors import MimError
     from mim.export import save_encoder
 
     name = name or method
@@ -114,7 +148,10 @@ def pretrain_student(method: str, name: str | None, data: Path | None, params_pa
         torch.set_num_threads(run.threads)
     init_distributed()
     root = data or dataset_root("imagenet")
-    job = METHODS[method](params_path, root)
+    extra = {"teacher": teacher} if teacher is not None else {}
+    if extra and method not in TEACHER_METHODS:
+        raise MimError(f"--teacher applies to {', '.join(TEACHER_METHODS)} only, not {method}")
+    job = METHODS[method](params_path, root, **extra)
     if job.task is not None:
         assert job.optim is not None
         fit(job.task, job.optim, run, checkpoint=Path("checkpoints") / f"{name}.pt", log_dir=Path("logs") / name,

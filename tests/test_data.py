@@ -225,3 +225,12 @@ def test_cli_writes_micro_data(tmp_path):
     assert result.exit_code == 0, result.output
     assert "imagenet generated 2 classes" in result.output
     assert read_manifest(tmp_path / "d" / "manifest.json").images["coco/train"] == 2
+
+
+def test_stage_dataset_root_reads_the_manifest(micro, tmp_path):
+    from stages.common import dataset_root
+
+    assert dataset_root("imagenet", micro / "manifest.json") == micro / "imagenet"
+    assert dataset_root("ade20k", micro / "manifest.json") == micro / "ade20k" / "ADEChallengeData2016"
+    with pytest.raises(DataError, match="manifest not found"):
+        dataset_root("coco", tmp_path / "none.json")

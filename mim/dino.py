@@ -1,0 +1,332 @@
+"""DINO (Caron et al. 2021): self-distillation with no labels, for the Img2Vec teacher.
+
+Pieces, in the order of the method (papers.md, "DINO"):
+
+* `MultiCropAugmentation`: 2 global crops + N local crops of one image, with DINO's flip,
+  colour jitter, grayscale, Gaussian blur and solarization;
+* `DINOHead`: 3-layer MLP -> bottleneck -> l2-norm -> weight-normalised linear layer to K dims;
+* `DINOLoss`: cross-entropy between the centred, sharpened teacher softmax and the student
+  log-softmax over every (teacher view, student view) pair of *different* views, with the
+  centre an EMA (momentum 0.9) of the teacher's batch output;
+* `DINO`: student and EMA teacher (backbone + head each); `forward(crops)` is the training
+  step, `update_teacher(m)` the EMA (no gradients ever reach the teacher).
+
+Backbones are timm models (`resnet50` for the Img2Vec teacher, ViTs as an option).  All
+randomness comes from torch's global generator, so a resumed epoch sees the same crops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image, ImageFilter, ImageOps
+from torch import nn
+from torchvision import transforms as T
+
+from mim.data import IMAGENET_MEAN, IMAGENET_STD
+from mim.engine import OptimConfig
+from mim.schedules import cosine_schedule
+from mim.teachers import timm_backbone
+
+
+# --- configs ---------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class CropConfig:
+    """Multi-crop: the teacher sees the global crops only, the student sees all of them."""
+
+    global_size: int = 224
+    local_size: int = 96
+    n_global: int = 2
+    n_local: int = 8
+    global_scale: tuple[float, float] = (0.14, 1.0)  # ResNet-50 recipe (ViT: 0.4-1)
+    local_scale: tuple[float, float] = (0.05, 0.14)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadConfig:
+    out_dim: int = 65536  # K
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    n_layers: int = 3
+    use_bn: bool = False
+    norm_last_layer: bool = True  # weight-norm g fixed to 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class DINOConfig:
+    arch: str = "resnet50"  # any timm backbone: resnet50, vit_small_patch16_224, ...
+    head: HeadConfig = HeadConfig()
+    crops: CropConfig = CropConfig()
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996  # -> 1 on a cosine schedule
+    freeze_last_layer_epochs: int = 1  # no update of the head's last layer at first (DINO)
+    drop_path: float = 0.1  # ViT backbones only (DINO's ViT default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherConfig:
+    """The `teacher` params section: DINO + optimizer + data and evaluation sizes."""
+
+    dino: DINOConfig = DINOConfig()
+    optim: OptimConfig
+    limit_per_class: int = 0  # train images per class used for pretraining (0 = all)
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_train_per_class: int = 0  # k-NN memory bank images per class (0 = all)
+    knn_every: int = 1  # evaluate the teacher with k-NN every this many epochs (and at the end)
+
+
+# --- multi-crop augmentation --------------------------------------------------------------------
+class RandomGaussianBlur:
+    """PIL Gaussian blur with radius ~ U(0.1, 2.0), applied with probability p (DINO)."""
+
+    def __init__(self, p: float, radius: tuple[float, float] = (0.1, 2.0)) -> None:
+        self.p, self.radius = p, radius
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if torch.rand(()).item() >= self.p:
+            return img
+        lo, hi = self.radius
+        return img.filter(ImageFilter.GaussianBlur(radius=lo + (hi - lo) * torch.rand(()).item()))
+
+
+class RandomSolarize:
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.solarize(img) if torch.rand(()).item() < self.p else img
+
+
+class MultiCropAugmentation:
+    """PIL image -> list of tensors: n_global global crops, then n_local local crops.
+
+    Global 1: blur always; global 2: blur p=0.1, solarize p=0.2; locals: blur p=0.5 (DINO).
+    """
+
+    def __init__(self, cfg: CropConfig) -> None:
+        self.cfg = cfg
+        flip_jitter = T.Compose(
+            [
+                T.RandomHorizontalFlip(p=0.5),
+                T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+            ]
+        )
+        norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        bicubic = T.InterpolationMode.BICUBIC
+
+        def crop(size: int, scale: tuple[float, float]) -> T.RandomResizedCrop:
+            return T.RandomResizedCrop(size, scale=scale, interpolation=bicubic)
+
+        g = (cfg.global_size, cfg.global_scale)
+        self.global1 = T.Compose([crop(*g), flip_jitter, RandomGaussianBlur(1.0), norm])
+        self.global2 = T.Compose([crop(*g), flip_jitter, RandomGaussianBlur(0.1), RandomSolarize(0.2), norm])
+        self.local = T.Compose([crop(cfg.local_size, cfg.local_scale), flip_jitter, RandomGaussianBlur(0.5), norm])
+
+    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
+        globals_ = [(self.global1 if i % 2 == 0 else self.global2)(img) for i in range(self.cfg.n_global)]
+        return globals_ + [self.local(img) for _ in range(self.cfg.n_local)]
+
+
+# --- head and backbone --------------------------------------------------------------------------
+class DINOHead(nn.Module):
+    def __init__(self, in_dim: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        n = max(cfg.n_layers, 1)
+        if n == 1:
+            self.mlp: nn.Module = nn.Linear(in_dim, cfg.bottleneck_dim)
+        else:
+            layers: list[nn.Module] = []
+            dims = [in_dim] + [cfg.hidden_dim] * (n - 1)
+            for a, b in zip(dims[:-1], dims[1:]):
+                layers += [nn.Linear(a, b)] + ([nn.BatchNorm1d(b)] if cfg.use_bn else []) + [nn.GELU()]
+            layers.append(nn.Linear(cfg.hidden_dim, cfg.bottleneck_dim))
+            self.mlp = nn.Sequential(*layers)
+        self.apply(_init_linear)
+        last = nn.Linear(cfg.bottleneck_dim, cfg.out_dim, bias=False)
+        self.last_layer = nn.utils.parametrizations.weight_norm(last)
+        g = self.last_layer.parametrizations.weight.original0  # (K, 1) magnitudes
+        g.data.fill_(1.0)
+        if cfg.norm_last_layer:
+            g.requires_grad_(False)
+
+    @property
+    def last_layer_direction(self) -> nn.Parameter:
+        """The weight-norm direction v: DINO freezes it during the first epoch(s)."""
+        return self.last_layer.parametrizations.weight.original1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mlp(x)  # (N, bottleneck)
+        x = F.normalize(x, dim=-1, p=2)
+        return self.last_layer(x)  # (N, K)
+
+
+def _init_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def pooled(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Image embedding of a timm backbone built with global_pool='': CNN average, ViT cls token."""
+    f = backbone.forward_features(x)
+    if f.ndim == 4:  # (N, C, h, w)
+        return f.mean(dim=(2, 3))
+    return f[:, 0]  # (N, 1+L, D) -> cls token
+
+
+def build_backbone(cfg: DINOConfig) -> nn.Module:
+    kwargs = {"dynamic_img_size": True, "drop_path_rate": cfg.drop_path} if cfg.arch.startswith(("vit", "deit")) else {}
+    return timm_backbone(cfg.arch, **kwargs)
+
+
+class MultiCropWrapper(nn.Module):
+    """Backbone + head over a list of crops: one backbone pass per crop resolution."""
+
+    def __init__(self, backbone: nn.Module, head: DINOHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        feats = []
+        start = 0
+        while start < len(crops):  # consecutive crops of equal size share one forward
+            end = start + 1
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            feats.append(pooled(self.backbone, torch.cat(crops[start:end])))  # (n*B, C)
+            start = end
+        return self.head(torch.cat(feats))  # (len(crops)*B, K)
+
+
+# --- loss -------------------------------------------------------------------------------------------
+class DINOLoss(nn.Module):
+    """Cross-entropy of centred+sharpened teacher vs student over pairs of different views."""
+
+    def __init__(self, out_dim: int, n_global: int, n_crops: int, student_temp: float, center_momentum: float) -> None:
+        super().__init__()
+        self.n_global, self.n_crops = n_global, n_crops
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """student_out (n_crops*B, K), teacher_out (n_global*B, K), both crop-major."""
+        s = (student_out / self.student_temp).chunk(self.n_crops)  # n_crops x (B, K)
+        t_logits = ((teacher_out - self.center) / teacher_temp).float()
+        t = F.softmax(t_logits, dim=-1).detach().chunk(self.n_global)  # n_global x (B, K)
+        total = student_out.new_zeros(())
+        n_pairs = 0
+        for iq, q in enumerate(t):
+            for v in range(self.n_crops):
+                if v == iq:  # the same view seen by both networks: skipped
+                    continue
+                log_p = F.log_softmax(s[v].float(), dim=-1)
+                ce = torch.sum(-q * log_p, dim=-1).mean()
+                total = total + ce
+                n_pairs += 1
+        total = total / n_pairs
+        with torch.no_grad():
+            log_q = F.log_softmax(t_logits, dim=-1)
+            entropy = -(log_q.exp() * log_q).sum(-1).mean()  # H(P_t): log K if uniform, 0 if one-hot
+            kl = total.detach() - entropy  # mean over pairs of KL(P_t || P_s) = CE - H(P_t)
+        self.update_center(teacher_out)
+        return total, {"teacher_entropy": entropy, "kl": kl}
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        """center <- m * center + (1 - m) * mean of the teacher batch (over all processes)."""
+        batch_center = teacher_out.sum(dim=0, keepdim=True)
+        count = torch.tensor(float(teacher_out.shape[0]), device=teacher_out.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_center)
+            dist.all_reduce(count)
+        batch_center = batch_center / count
+        self.center.mul_(self.center_momentum).add_(batch_center.float(), alpha=1 - self.center_momentum)
+
+
+# --- the model: student, EMA teacher, loss ------------------------------------------------------------
+class DINO(nn.Module):
+    """Student and EMA teacher (same architecture).  `forward(crops)` returns (loss, logs)."""
+
+    def __init__(self, cfg: DINOConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        s_backbone = build_backbone(cfg)
+        t_backbone = build_backbone(cfg)
+        dim = int(s_backbone.num_features)
+        self.student = MultiCropWrapper(s_backbone, DINOHead(dim, cfg.head))
+        self.teacher = MultiCropWrapper(t_backbone, DINOHead(dim, cfg.head))
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.requires_grad_(False)
+        n_crops = cfg.crops.n_global + cfg.crops.n_local
+        self.loss = DINOLoss(cfg.head.out_dim, cfg.crops.n_global, n_crops, cfg.student_temp, cfg.center_momentum)
+        self.teacher_temp = cfg.teacher_temp  # set per epoch by set_epoch (warm-up schedule)
+        self.freeze_last_layer = cfg.freeze_last_layer_epochs > 0
+        self.student.head.last_layer_direction.register_hook(self._last_layer_grad)
+
+    def _last_layer_grad(self, grad: torch.Tensor) -> torch.Tensor | None:
+        # A zero gradient (not requires_grad toggling) keeps DDP happy; weight decay on the
+        # weight-norm direction v only rescales v, which leaves the normalised weight unchanged.
+        return torch.zeros_like(grad) if self.freeze_last_layer else None
+
+    def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            t_out = self.teacher(crops[: self.cfg.crops.n_global])  # (n_global*B, K)
+        s_out = self.student(crops)  # (n_crops*B, K)
+        return self.loss(s_out, t_out, self.teacher_temp)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- m * teacher + (1 - m) * student, parameters only (DINO); buffers stay."""
+        for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
+            pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Teacher temperature of this epoch; freezes the head's last layer in the first epochs."""
+        self.teacher_temp = float(teacher_temp_schedule(self.cfg, epochs)[epoch])
+        self.freeze_last_layer = epoch < self.cfg.freeze_last_layer_epochs
+
+
+def teacher_temp_schedule(cfg: DINOConfig, epochs: int) -> np.ndarray:
+    """Linear warm-up of tau_t over warmup_teacher_temp_epochs, then constant (per epoch)."""
+    w = min(cfg.warmup_teacher_temp_epochs, epochs)
+    return np.concatenate([np.linspace(cfg.warmup_teacher_temp, cfg.teacher_temp, w), np.full(epochs - w, cfg.teacher_temp)])
+
+
+def momentum_schedule(cfg: DINOConfig, total_steps: int) -> np.ndarray:
+    """EMA momentum per optimizer step: cosine from momentum_teacher to 1."""
+    return cosine_schedule(cfg.momentum_teacher, 1.0, total_steps)
+
+
+def collate_crops(batch: list[tuple[list[torch.Tensor], int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """[(crops, label)] -> ([(B, 3, h, w) per crop index], labels (B,))."""
+    n = len(batch[0][0])
+    crops = [torch.stack([b[0][i] for b in batch]) for i in range(n)]
+    return crops, torch.tensor([b[1] for b in batch])
+
+
+__all__ = [
+    "CropConfig",
+    "HeadConfig",
+    "DINOConfig",
+    "TeacherConfig",
+    "MultiCropAugmentation",
+    "DINOHead",
+    "DINOLoss",
+    "DINO",
+    "MultiCropWrapper",
+    "pooled",
+    "teacher_temp_schedule",
+    "momentum_schedule",
+    "collate_crops",
+]

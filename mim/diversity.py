@@ -1,0 +1,83 @@
+"""Token diversity of a teacher (Img2Vec, papers.md): how different an image's output tokens are.
+
+For an image with K output tokens t_1..t_K (ResNet: the last-stage map, 7x7 at 224 px; ViT:
+patch tokens, no cls), TS = 1/(K(K-1)) * sum_{i != k} cos(t_i, t_k) and diversity = 1 - TS.
+Reported: the mean over images and the (population) std over images.
+
+Vectorised: l2-normalise, one batched Gram matrix, subtract its diagonal.  `DiversityMeter`
+streams over batches holding only running sums, so memory stays bounded on any image count.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from mim.teachers import Teacher
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiversityConfig:
+    """The `diversity` params section."""
+
+    img_size: int = 224  # CNN teachers' input size (ResNet-50: 7x7 tokens); ViT encoders use their own
+    batch_size: int = 32
+    split: str = "val"  # which split of the dataset is scored
+    limit_per_class: int = 0  # images per class (0 = all)
+
+
+def token_similarity(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, K, C) -> (N,) mean pairwise cosine similarity over token pairs i != k."""
+    n, k, _ = tokens.shape
+    if k < 2:
+        raise ValueError(f"token diversity needs at least 2 tokens per image, got {k}")
+    t = F.normalize(tokens.double(), dim=-1)  # (N, K, C)
+    gram = t @ t.transpose(1, 2)  # (N, K, K) cosines
+    off_diag = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)  # (N,)
+    return off_diag / (k * (k - 1))
+
+
+def token_diversity(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, K, C) -> (N,) per-image diversity 1 - mean_{i != k} cos(t_i, t_k)."""
+    return 1.0 - token_similarity(tokens)
+
+
+class DiversityMeter:
+    """Running mean / std of per-image diversity (float64 sums: nothing kept per image)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sum = 0.0
+        self.sumsq = 0.0
+        self.tokens_per_image = 0
+
+    def update(self, tokens: torch.Tensor) -> None:
+        """tokens (N, K, C) or a grid (N, h, w, C)."""
+        if tokens.ndim == 4:
+            tokens = tokens.flatten(1, 2)  # (N, h*w, C)
+        d = token_diversity(tokens)
+        self.n += d.numel()
+        self.sum += float(d.sum())
+        self.sumsq += float((d * d).sum())
+        self.tokens_per_image = tokens.shape[1]
+
+    def result(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ValueError("no images scored")
+        mean = self.sum / self.n
+        var = max(self.sumsq / self.n - mean * mean, 0.0)
+        return {"diversity": mean, "std": math.sqrt(var), "num_images": self.n, "tokens_per_image": self.tokens_per_image}
+
+
+@torch.no_grad()
+def score_teacher(teacher: Teacher, batches: Iterable[torch.Tensor | tuple[torch.Tensor, ...]], device: torch.device) -> dict[str, float]:
+    """Diversity of `teacher` over image batches ((B, 3, H, W) or (images, labels))."""
+    teacher.to(device)
+    meter = DiversityMeter()
+    for batch in batches:
+        imgs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        meter.update(teacher.tokens(imgs.to(device)).float())  # (B, h, w, C)
+    return meter.result()

@@ -1,0 +1,293 @@
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from mim.checkpoint import load_checkpoint
+from mim.engine import OptimConfig, RunConfig, fit
+from mim.errors import MimError
+from mim.img2vec import Img2VecConfig, build_model, build_task, resolve_geometry, smooth_l1, teacher_targets
+from mim.masking import block_masking, patches_to_blocks
+from mim.teachers import Teacher, timm_backbone
+from mim.vit import ViTConfig, ViTEncoder
+
+ENC = ViTConfig(img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2)  # 8x8 patches
+OPTIM = OptimConfig(epochs=2, batch_size=4, base_lr=1e-3, warmup_epochs=1)
+CFG = Img2VecConfig(optim=OPTIM, block_size=2, decoder_dim=32, decoder_heads=2, head_hidden=16)
+
+
+class GridTeacher(nn.Module):
+    """A tiny CNN with stride 8: (N, 3, H, W) -> (N, 6, H/8, W/8), with a BatchNorm to catch train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 8, stride=8)
+        self.bn = nn.BatchNorm2d(6)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+def tiny_teacher() -> Teacher:
+    torch.manual_seed(1)
+    return Teacher(GridTeacher(), stride=8, dim=6, name="grid")
+
+
+def test_block_masking_whole_aligned_blocks_exact_fraction():
+    torch.manual_seed(0)
+    grid, block, ratio = 14, 2, 0.6
+    ids_keep, mask, ids_restore = block_masking(16, grid, block, ratio)
+    nb = grid // block
+    m = mask.view(16, nb, block, nb, block)
+    assert torch.equal(m.amin((2, 4)), m.amax((2, 4)))  # each 2x2 block all masked or all visible
+    assert (m[:, :, 0, :, 0].sum((1, 2)) == round(ratio * nb * nb)).all()  # 29 of 49 blocks per sample
+    assert ids_keep.shape == (16, (49 - 29) * 4)
+    assert (torch.gather(mask, 1, ids_keep) == 0).all()  # the encoder sees visible patches only
+    shuffled = torch.cat([torch.gather(mask, 1, ids_keep), torch.ones(16, 29 * 4)], 1)
+    assert torch.equal(torch.gather(shuffled, 1, ids_restore), mask)  # ids_restore unshuffles
+    assert not torch.equal(mask[0], mask[1])  # random per sample
+    with pytest.raises(MimError, match="tile"):
+        block_masking(1, 14, 3, 0.6)
+
+
+def test_patches_to_blocks_groups_2x2():
+    x = torch.arange(16).view(1, 16)  # 4x4 grid
+    g = patches_to_blocks(x, 4, 2)
+    assert g[0, 0].tolist() == [0, 1, 4, 5] and g[0, 3].tolist() == [10, 11, 14, 15]
+
+
+def test_geometry_teacher_size_and_errors():
+    t = tiny_teacher()
+    geo = resolve_geometry(CFG, ENC, t)  # 4x4 blocks of 2x2 patches (8 px) -> teacher at 4 * 8 = 32 px
+    assert (geo.block, geo.blocks_per_side, geo.teacher_img_size, geo.pool) == (2, 4, 32, 1)
+    auto = resolve_geometry(dataclasses.replace(CFG, block_size=0), ENC, t)  # block = stride / patch = 2
+    assert auto.block == 2
+    r50 = Teacher(nn.Identity(), stride=32, dim=2048, name="r50")  # smoke: 64 px, patch 8, 2x2-patch blocks
+    smoke = resolve_geometry(CFG, ViTConfig(img_size=64, patch_size=8), r50)
+    assert smoke.teacher_img_size == 128 and smoke.blocks_per_side == 4
+    with pytest.raises(MimError, match="teacher_img_size"):
+        resolve_geometry(dataclasses.replace(CFG, teacher_img_size=40), ENC, t)
+    vit = ViTEncoder(ViTConfig(img_size=32, patch_size=4, embed_dim=8, depth=1, num_heads=2))
+    vt = Teacher(vit, stride=4, dim=8, name="vit")  # 8x8 tokens, pooled 2x2 onto 4x4 blocks
+    assert resolve_geometry(CFG, ENC, vt).pool == 2
+    with pytest.raises(MimError, match="own 32 px"):
+        resolve_geometry(dataclasses.replace(CFG, teacher_img_size=16), ENC, vt)
+
+
+def test_targets_only_from_masked_blocks():
+    torch.manual_seed(0)
+    t = tiny_teacher()
+    model = build_model(dataclasses.replace(CFG, global_weight=0.0), ENC, t)
+    imgs = torch.randn(2, 3, 32, 32)
+    target = teacher_targets(t, imgs, model.geo)  # (2, 16, 6)
+    assert target.shape == (2, 16, 6)
+    torch.manual_seed(5)
+    loss, _ = model(imgs, target)
+    torch.manual_seed(5)
+    _, mask, _ = block_masking(2, 8, 2, 0.6)
+    block_mask = mask.view(2, 4, 2, 4, 2)[:, :, 0, :, 0].reshape(2, 16)
+    perturbed = target + 100.0 * (1 - block_mask).unsqueeze(-1)  # change the visible blocks' targets
+    torch.manual_seed(5)
+    assert torch.equal(model(imgs, perturbed)[0], loss)
+    perturbed = target + 1.0 * block_mask.unsqueeze(-1)  # change the masked ones
+    torch.manual_seed(5)
+    assert not torch.equal(model(imgs, perturbed)[0], loss)
+
+
+def test_targets_are_the_teacher_tokens_of_the_full_image():
+    t = tiny_teacher()
+    geo = resolve_geometry(CFG, ENC, t)
+    imgs = torch.randn(2, 3, 32, 32)
+    tok = t.tokens(imgs)  # (2, 4, 4, 6)
+    assert torch.equal(teacher_targets(t, imgs, geo), tok.flatten(1, 2))
+    small = dataclasses.replace(geo, teacher_img_size=16, pool=1)  # teacher at another size: resized
+    assert teacher_targets(t, imgs, small).shape == (2, 4, 6)
+
+
+def test_vit_teacher_tokens_pooled_onto_blocks():
+    vit = ViTEncoder(ViTConfig(img_size=32, patch_size=4, embed_dim=8, depth=1, num_heads=2))
+    t = Teacher(vit, stride=4, dim=8, name="vit")
+    geo = resolve_geometry(CFG, ENC, t)  # ViT at its own 32 px: 8x8 tokens onto 4x4 blocks
+    imgs = torch.randn(2, 3, 32, 32)
+    tok = t.tokens(imgs)  # (2, 8, 8, 8)
+    target = teacher_targets(t, imgs, geo)
+    assert target.shape == (2, 16, 8)
+    assert torch.allclose(target[:, 5], tok[:, 2:4, 2:4].mean((1, 2)), atol=1e-6)
+    assert torch.allclose(target.mean(1), tok.mean((1, 2)), atol=1e-6)  # global target unchanged by pooling
+
+
+def test_teacher_frozen_no_grad_eval(tmp_path):
+    t = tiny_teacher()
+    before = {k: v.clone() for k, v in t.state_dict().items()}  # BatchNorm running stats included
+    task = build_task(CFG, ENC, torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32)), t, RunConfig())
+    task.model.train()
+    t.train()
+    assert not t.training and not t.backbone.bn.training
+    loss, _ = task.step(task.model, [torch.randn(4, 3, 32, 32)])
+    loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in t.parameters())
+    assert all(torch.equal(before[k], v) for k, v in t.state_dict().items())
+    assert not any(n.startswith("teacher") for n in task.model.state_dict())  # not in checkpoints
+    assert any(p.grad is not None for p in task.model.encoder.parameters())
+
+
+def test_smooth_l1_beta_two_closed_form():
+    x = torch.tensor([0.0, 1.0, 1.9, 3.0, -5.0])
+    expected = torch.tensor([0.0, 0.25, 0.5 * 1.9**2 / 2, 3.0 - 1.0, 5.0 - 1.0])  # 0.5x^2/b | |x|-b/2
+    assert torch.allclose(smooth_l1(x, torch.zeros(5), beta=2.0), expected)
+    assert Img2VecConfig(optim=OPTIM).beta == 2.0  # the paper's default
+
+
+def test_patch_loss_uses_beta():
+    model = build_model(CFG, ENC, tiny_teacher())
+    pred, target = torch.zeros(1, 16, 6), torch.full((1, 16, 6), 1.0)
+    bm = torch.zeros(1, 16)
+    bm[0, :5] = 1
+    loss, logs = model.forward_loss(pred, target, bm, None)
+    assert torch.isclose(loss, torch.tensor(0.25)) and "global_loss" not in logs  # 0.5 * 1 / 2
+
+
+def test_global_loss_zero_when_pooled_match_and_lambda_applied():
+    model = build_model(CFG, ENC, tiny_teacher())
+    target = torch.randn(2, 16, 6)
+    pred = torch.randn(2, 16, 6)
+    bm = torch.ones(2, 16)
+    patch, _ = model.forward_loss(pred, target, bm, None)
+    loss, logs = model.forward_loss(pred, target, bm, target.mean(1))  # pooled features match
+    assert logs["global_loss"] == 0 and torch.equal(loss, patch)
+    g = target.mean(1) + 3.0  # |diff| 3 > beta: smooth-L1 = 3 - 1 = 2
+    loss, logs = model.forward_loss(pred, target, bm, g)
+    assert torch.isclose(logs["global_loss"], torch.tensor(2.0))
+    assert torch.isclose(loss, patch + 0.5 * 2.0)  # lambda = 0.5
+    model1 = build_model(dataclasses.replace(CFG, global_weight=1.0), ENC, tiny_teacher())
+    assert torch.isclose(model1.forward_loss(pred, target, bm, g)[0], patch + 2.0)
+
+
+def test_global_loss_off_and_decoder_source():
+    t = tiny_teacher()
+    imgs = torch.randn(2, 3, 32, 32)
+    off = build_model(dataclasses.replace(CFG, global_weight=0.0), ENC, t)
+    assert off.global_head is None and "global_loss" not in off(imgs, teacher_targets(t, imgs, off.geo))[1]
+    dec = build_model(dataclasses.replace(CFG, global_source="decoder"), ENC, t)
+    assert dec.global_head is None and "global_loss" in dec(imgs, teacher_targets(t, imgs, dec.geo))[1]
+
+
+def test_multi_block_averages_every_block():
+    torch.manual_seed(0)
+    model = build_model(CFG, ENC, tiny_teacher()).eval()
+    imgs = torch.randn(2, 3, 32, 32)
+    ids_keep, _, _ = block_masking(2, 8, 2, 0.6)
+    enc = model.encoder
+    x = enc.add_cls(torch.gather(enc.embed(imgs), 1, ids_keep.unsqueeze(-1).expand(-1, -1, 32)))
+    outs, h = [], x
+    for blk in enc.blocks:
+        h = blk(h)
+        outs.append(h)
+    manual = enc.norm(sum(outs) / len(outs))
+    assert torch.allclose(model.forward_encoder(imgs, ids_keep), manual, atol=1e-6)
+    last = build_model(dataclasses.replace(CFG, multi_block=False), ENC, tiny_teacher()).eval()
+    last.load_state_dict(model.state_dict())
+    assert torch.allclose(last.forward_encoder(imgs, ids_keep), enc.norm(outs[-1]), atol=1e-6)
+    assert not torch.allclose(last.forward_encoder(imgs, ids_keep), manual, atol=1e-4)
+
+
+def test_mean_merge_is_head_of_block_mean():
+    model = build_model(CFG, ENC, tiny_teacher())
+    dec = torch.randn(2, 64, 32)  # 8x8 patches
+    pred = model.predict_blocks(dec)  # (2, 16, 6)
+    block0 = dec[:, [0, 1, 8, 9]].mean(1)  # top-left 2x2 patches
+    block5 = dec[:, [18, 19, 26, 27]].mean(1)  # second row, second column
+    assert torch.allclose(pred[:, 0], model.head(block0), atol=1e-6)
+    assert torch.allclose(pred[:, 5], model.head(block5), atol=1e-6)
+
+
+def test_concat_merge_and_shapes_backward():
+    t = tiny_teacher()
+    model = build_model(dataclasses.replace(CFG, merge="concat"), ENC, t)
+    assert model.head[0].in_features == 32 * 4
+    imgs = torch.randn(2, 3, 32, 32)
+    loss, logs = model(imgs, teacher_targets(t, imgs, model.geo))
+    loss.backward()
+    assert torch.isfinite(loss) and model.mask_token.grad is not None
+
+
+def test_resume_identical(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long))
+    run = RunConfig(seed=1)
+
+    def task_and_fit(where: str, crash_at_epoch: int | None = None) -> dict:
+        torch.manual_seed(0)
+        task = build_task(CFG, ENC, data, tiny_teacher(), run)
+        real_loader = task.loader
+
+        def loader(epoch: int):
+            if epoch == crash_at_epoch:
+                raise KeyboardInterrupt  # killed during epoch 2, after epoch 1 was saved
+            return real_loader(epoch)
+
+        task.loader = loader
+        d = tmp_path / where
+        fit(task, OPTIM, run, checkpoint=d / "c.pt", log_dir=d / "logs", config={"x": 1}, desc="i2v")
+        return task.model.state_dict()
+
+    full = task_and_fit("full")
+    with pytest.raises(KeyboardInterrupt):
+        task_and_fit("crash", crash_at_epoch=1)
+    assert load_checkpoint(tmp_path / "crash" / "c.pt")["epoch"] == 0
+    resumed = task_and_fit("crash")
+    assert all(torch.equal(full[k], v) for k, v in resumed.items())
+
+
+I2V_PARAMS = """
+run: {seed: 0, num_workers: 0, amp: true, threads: 1}
+encoder: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}
+img2vec:
+  block_size: 1
+  decoder_dim: 32
+  decoder_depth: 1
+  decoder_heads: 2
+  head_hidden: 16
+  optim: {epochs: 1, batch_size: 4, base_lr: 1.0e-3}
+"""
+
+
+def test_pretrain_student_cli_img2vec(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from imagefolders import make_imagenet
+    from mim.export import read_encoder, save_encoder
+    from stages.cli import main
+
+    data = make_imagenet(tmp_path / "data", classes=2, train=4, size=32)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text(I2V_PARAMS)
+    save_encoder(tmp_path / "t.safetensors", ViTEncoder(ViTConfig(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)))
+    args = ["pretrain-student", "--method", "img2vec", "--data", str(data), "--params", "p.yaml", "--name", "img2vec-vit"]
+    r = CliRunner().invoke(main, args + ["--teacher", "t.safetensors"])
+    assert r.exit_code == 0, r.output
+    _, _, meta = read_encoder(tmp_path / "models/img2vec-vit/encoder.safetensors")
+    assert meta["method"] == "img2vec" and meta["teacher"] == "t.safetensors" and meta["mask_block_patches"] == "1"
+    assert len(load_checkpoint(tmp_path / "checkpoints/img2vec-vit.pt")["config"]["teacher_sha256"]) == 64
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and "needs --teacher" in r.output
+    r = CliRunner().invoke(main, ["pretrain-student", "--method", "scratch", "--teacher", "t.safetensors", "--params", "p.yaml", "--data", str(data)])
+    assert r.exit_code != 0 and "--teacher applies to img2vec" in r.output
+
+
+def test_paper_profile_geometry_and_recipe():
+    from pathlib import Path
+
+    from mim.config import load_section
+
+    params = Path(__file__).parents[1] / "params/paper.yaml"
+    enc = load_section(params, "encoder", ViTConfig)
+    cfg = load_section(params, "img2vec", Img2VecConfig)
+    assert (cfg.mask_ratio, cfg.decoder_depth, cfg.beta, cfg.global_weight, cfg.multi_block) == (0.6, 2, 2.0, 0.5, True)
+    r50 = resolve_geometry(cfg, enc, Teacher(nn.Identity(), stride=32, dim=2048, name="dino_rn50"))
+    assert (r50.block, r50.blocks_per_side, r50.teacher_img_size, r50.pool) == (2, 7, 224, 1)  # 32 px blocks, 7x7 tokens
+    with torch.device("meta"):
+        vit_b = ViTEncoder(enc)
+    vit = resolve_geometry(cfg, enc, Teacher(vit_b, stride=16, dim=768, name="mae_vit"))
+    assert (vit.block, vit.teacher_img_size, vit.pool) == (1, 224, 1)  # 16 px blocks for a ViT/16 teacher
+    assert round(cfg.mask_ratio * 49) == 29  # 29 of 49 blocks masked per image
