@@ -1,9 +1,15 @@
 """Which patches a student sees: plain functions, one per masking scheme.
 
 Every function returns a float mask `(N, L)` with 1 = masked, 0 = visible
-(MAE's convention), plus whatever index tensors its model needs.
+(MAE's convention), plus whatever index tensors its model needs.  BEiT's blockwise mask is
+drawn per image inside the loader: `blockwise_mask(...).mask` is (h, w) bool, True = masked.
+All randomness comes from torch's RNG (or a given generator), so the engine's per-epoch
+reseeding reproduces every mask on resume.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 
@@ -78,3 +84,73 @@ def patches_to_blocks(x: torch.Tensor, grid: int, block: int) -> torch.Tensor:
     nb = grid // block
     x = x.reshape(n, nb, block, nb, block, *rest).transpose(2, 3)  # (N, nb, nb, block, block, ...)
     return x.reshape(n, nb * nb, block * block, *rest)
+
+@dataclass(frozen=True)
+class BlockMask:
+    """A (h, w) boolean mask and how it was made (for tests and inspection)."""
+
+    mask: torch.Tensor  # (h, w) bool, True = masked
+    blocks: list[tuple[int, int, int, int]]  # (top, left, height, width) of every accepted block
+    filled: int  # patches masked one by one because no block fitted the remainder
+
+
+def blockwise_mask(
+    height: int,
+    width: int,
+    num_masked: int,
+    *,
+    min_num_patches: int = 16,
+    min_aspect: float = 0.3,
+    max_attempts: int = 300,
+    generator: torch.Generator | None = None,
+) -> BlockMask:
+    """BEiT's blockwise masking (arXiv 2106.08254, Algorithm 1; MaskingGenerator in unilm/beit).
+
+    Repeat: draw a block area s in [min_num_patches, remaining] and an aspect ratio r
+    log-uniform in [min_aspect, 1/min_aspect]; h = round(sqrt(s r)), w = round(sqrt(s / r));
+    place it at a random position; accept it when its rounded shape still has >= min_num_patches
+    patches and an aspect ratio inside the bounds, and it masks between 1 and `remaining`
+    *new* patches.  Stops at exactly `num_masked`, never more.  Unlike BEiT's code (which
+    may stop short of the target) a remainder that no block fits after `max_attempts` tries
+    is filled with random single patches, counted in `filled`.
+    """
+    total = height * width
+    if not 0 <= num_masked <= total:
+        raise ValueError(f"num_masked={num_masked} must be within [0, {total}] for a {height}x{width} grid")
+    if not 0 < min_aspect <= 1:
+        raise ValueError(f"min_aspect={min_aspect} must be in (0, 1]")
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    blocks: list[tuple[int, int, int, int]] = []
+    log_lo, log_hi = math.log(min_aspect), math.log(1 / min_aspect)
+    count, misses = 0, 0
+
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+    def randint(n: int) -> int:  # 0 <= i < n
+        return int(torch.randint(n, (), generator=generator))
+
+    while count < num_masked and misses < max_attempts:
+        remaining = num_masked - count
+        area = uniform(min_num_patches, max(min_num_patches, remaining))
+        aspect = math.exp(uniform(log_lo, log_hi))
+        h = int(round(math.sqrt(area * aspect)))
+        w = int(round(math.sqrt(area / aspect)))
+        if h * w < min_num_patches or not min_aspect <= h / w <= 1 / min_aspect or h > height or w > width:
+            misses += 1
+            continue
+        top, left = randint(height - h + 1), randint(width - w + 1)
+        new = int((~mask[top : top + h, left : left + w]).sum())
+        if 0 < new <= remaining:
+            mask[top : top + h, left : left + w] = True
+            blocks.append((top, left, h, w))
+            count += new
+            misses = 0
+        else:
+            misses += 1
+    filled = num_masked - count
+    if filled:
+        free = (~mask).flatten().nonzero().squeeze(1)  # (F,)
+        pick = free[torch.randperm(len(free), generator=generator)[:filled]]
+        mask.view(-1)[pick] = True
+    return BlockMask(mask, blocks, filled)

@@ -74,3 +74,8 @@ from stages.detect import detect  # noqa: E402
 
 main.add_command(detect)
 
+
+
+from stages.tokenizer import tokenizer  # noqa: E402
+
+main.add_command(tokenizer)

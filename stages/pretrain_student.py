@@ -95,12 +95,35 @@ def img2vec(params: Path, data: Path, teacher: Path | None = None) -> Pretrainin
             "teacher_img_size": str(geo.teacher_img_size)}
     return Pretraining(task.model.encoder, config, task, cfg.optim, meta)
 
+def beit(params: Path, data: Path | None) -> Pretraining:
+    """BEiT: blockwise masking, mask embedding before the encoder, visual-token prediction (mim/beit.py)."""
+    import hashlib
+
+    from mim.beit import BEiTConfig, beit_task
+    from mim.config import load_section, to_dict
+    from mim.datasets import read_manifest
+    from mim.engine import RunConfig
+    from mim.tokenizer import load_tokenizer
+    from mim.vit import ViTConfig
+
+    enc_cfg = load_section(params, "encoder", ViTConfig)
+    cfg = load_section(params, "beit", BEiTConfig)
+    run = load_section(params, "run", RunConfig)
+    data = data or read_manifest().imagenet
+    tok_path = Path("models/tokenizer/tokenizer.safetensors")
+    tokenizer = load_tokenizer(tok_path)
+    task = beit_task(cfg, enc_cfg, run, data / "train", tokenizer)
+    digest = hashlib.sha256(tok_path.read_bytes()).hexdigest()  # a retrained tokenizer restarts the student
+    config = {"encoder": to_dict(enc_cfg), "beit": to_dict(cfg), "seed": run.seed, "data": str(data), "tokenizer": digest}
+    return Pretraining(task.model.encoder, config, task, cfg.optim, {"tokenizer": tokenizer.kind})
+
 
 # method name -> builder; BEiT and Img2Vec add one line each.
 METHODS: dict[str, Callable[..., Pretraining]] = {
     "scratch": scratch,
     "mae": mae,
     "img2vec": img2vec,
+    "beit": beit,
 }
 TEACHER_METHODS = ("img2vec",)  # builders that take teacher=PATH (--teacher)
 

@@ -1,0 +1,126 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mim.beit import BEiT, BEiTConfig, beit_task, check_config, export_beit
+from mim.checkpoint import load_checkpoint
+from mim.engine import OptimConfig, RunConfig, fit
+from mim.errors import MimError
+from mim.export import load_encoder
+from mim.masking import blockwise_mask
+from mim.tokenizer import VQVAE, VQVAEConfig, vqvae_tokenizer
+from mim.vit import ViTConfig
+
+ENC = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+@pytest.mark.parametrize("grid,count,min_patches", [(14, 75, 16), (8, 26, 4), (4, 15, 2)])
+def test_blockwise_mask_exact_count_and_block_shapes(grid, count, min_patches):
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        m = blockwise_mask(grid, grid, count, min_num_patches=min_patches, min_aspect=0.3, generator=g)
+        assert m.mask.shape == (grid, grid) and int(m.mask.sum()) == count
+        union = torch.zeros_like(m.mask)
+        for top, left, h, w in m.blocks:
+            assert h * w >= min_patches and 0.3 <= h / w <= 1 / 0.3
+            assert top >= 0 and left >= 0 and top + h <= grid and left + w <= grid
+            union[top : top + h, left : left + w] = True
+        assert (m.mask | union).equal(m.mask) and int(union.sum()) + m.filled == count  # fills only outside blocks
+
+
+def test_blockwise_mask_is_blockwise_and_seeded():
+    a = blockwise_mask(14, 14, 75, generator=torch.Generator().manual_seed(1))
+    b = blockwise_mask(14, 14, 75, generator=torch.Generator().manual_seed(1))
+    assert a.mask.equal(b.mask) and a.blocks == b.blocks
+    assert len(a.blocks) <= 75 // 16 + 4  # a handful of blocks, not scattered patches
+    with pytest.raises(ValueError):
+        blockwise_mask(4, 4, 17)
+
+
+def test_mask_embedding_only_at_masked_positions():
+    torch.manual_seed(0)
+    model = BEiT(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=0, num_heads=2), vocab_size=16).eval()
+    imgs = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[0, 1, 2] = mask[1, 0, :] = True
+    feats = model.forward_encoder(imgs, mask)[:, 1:]  # (N, L, D), depth 0: per-position
+    plain = model.encoder.forward_features(imgs)[:, 1:]
+    m = mask.flatten(1)
+    assert torch.allclose(feats[~m], plain[~m], atol=1e-6)
+    pos = model.encoder.pos_embed[0, 1:].expand(2, -1, -1)[m]
+    expected = model.encoder.norm(model.mask_token[0] + pos)
+    assert torch.allclose(feats[m], expected, atol=1e-6)
+    assert not torch.allclose(feats[m], plain[m])
+
+
+def test_loss_ignores_unmasked_positions():
+    torch.manual_seed(0)
+    model = BEiT(ENC, vocab_size=16).eval()
+    imgs = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[:, :2, :2] = True
+    ids = torch.randint(16, (2, 4, 4))
+    loss, acc = model(imgs, ids, mask)
+    other = ids.clone()
+    other[~mask] = (other[~mask] + 1) % 16
+    assert torch.equal(model(imgs, other, mask)[0], loss)
+    feats = model.forward_encoder(imgs, mask)[:, 1:]
+    manual = F.cross_entropy(model.head(feats[mask.flatten(1)]), ids[mask])
+    assert torch.allclose(loss, manual, atol=1e-6) and 0 <= float(acc) <= 1
+    other = ids.clone()
+    other[0, 0, 0] = (other[0, 0, 0] + 1) % 16
+    assert not torch.equal(model(imgs, other, mask)[0], loss)
+
+
+def image_folder(root: Path, n: int = 8, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(n // 2):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_pretrain_resumes_identically_and_exports_timm_keys(tmp_path):
+    torch.manual_seed(0)
+    tok = vqvae_tokenizer(VQVAE(VQVAEConfig(image_size=16, downsample=4, vocab_size=32, code_dim=8, hidden=16)))
+    cfg = BEiTConfig(optim=OptimConfig(epochs=2, batch_size=4, base_lr=1e-3, betas=(0.9, 0.999)), num_masked=6, min_num_patches=2)
+    run = RunConfig(seed=2)
+    data = image_folder(tmp_path / "imgs")
+
+    def train(where: Path, crash: bool = False):
+        task = beit_task(cfg, ENC, run, data, tok)
+        if crash:
+            task.evaluate = lambda epoch: (_ for _ in ()).throw(KeyboardInterrupt) if epoch == 1 else {}
+        metrics = fit(task, cfg.optim, run, checkpoint=where / "b.pt", log_dir=where / "logs", config={"c": 1}, desc="b")
+        return task, metrics
+
+    full, metrics = train(tmp_path / "a")
+    assert "train/mask_acc" in metrics and metrics["train/loss"] > 0
+    no_decay = {id(p) for g in full.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(full.model.mask_token) in no_decay and id(full.model.encoder.cls_token) in no_decay
+    assert id(full.model.head.weight) not in no_decay
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "b", crash=True)
+    assert load_checkpoint(tmp_path / "b" / "b.pt")["epoch"] == 0
+    resumed, _ = train(tmp_path / "b")
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    export_beit(full.model, tmp_path / "enc.safetensors")
+    enc = load_encoder(tmp_path / "enc.safetensors")
+    assert enc.cfg.layer_scale == 0.1
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
+                            embed_dim=32, depth=2, num_heads=2, init_values=0.1)
+    vit.load_state_dict(enc.state_dict(), strict=True)
+
+
+def test_tokenizer_grid_must_match_the_patch_grid():
+    tok = vqvae_tokenizer(VQVAE(VQVAEConfig(image_size=32, downsample=4, vocab_size=32, code_dim=8, hidden=16)))
+    cfg = BEiTConfig(optim=OptimConfig(epochs=1, batch_size=4, base_lr=1e-3), num_masked=6, min_num_patches=2)
+    with pytest.raises(MimError, match="tokenizer.image_size = 16"):
+        check_config(cfg, ENC, tok)
