@@ -6,6 +6,8 @@ records its path.  Every later stage reads the roots from the manifest (`read_ma
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shutil
@@ -251,7 +253,8 @@ def build(cfg: DataConfig, out: Path, progress: Progress = _silent, where: str =
         info = validate_ade20k(out / rel, classes=c.classes)
         info["class_names"] = list(synth.SHAPE_NAMES[: c.classes])
         ds["ade20k"] = {"root": rel, "embedded": True, **info}
-    manifest = {"version": 1, "seed": cfg.seed, **ds}
+    # the generating params: a regenerated dataset changes the manifest, so training stages restart
+    manifest = {"version": 1, "seed": cfg.seed, "params": dataclasses.asdict(cfg), **ds}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 

@@ -14,6 +14,7 @@ function, a deterministic `loader(epoch)`, and optional hooks (EMA update, evalu
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -134,6 +135,9 @@ def fit(
     wd_end = optim.weight_decay if optim.weight_decay_end is None else optim.weight_decay_end
     wd_sched = cosine_schedule(optim.weight_decay, wd_end, total, 0)
 
+    # Resume only the same run: same config, same library code, same dataset manifest. DVC reruns a
+    # stage when its code or data change; a finished checkpoint of the old run must not be reused then.
+    config = {**config, "fingerprint": inputs_fingerprint()}
     start_epoch = 0
     state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
     if state is not None and state.get("config") == config and state["epoch"] + 1 <= optim.epochs:
@@ -204,6 +208,16 @@ def fit(
     if live is not None:
         live.end()
     return metrics
+
+
+def inputs_fingerprint(manifest: Path = Path("data/manifest.json")) -> str:
+    """sha256 of the library sources (mim/*.py) and the dataset manifest, if present."""
+    h = hashlib.sha256()
+    for src in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(src.name.encode() + b"\0" + src.read_bytes())
+    if manifest.is_file():
+        h.update(manifest.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -55,7 +55,7 @@ def test_resume_after_crash_gives_identical_weights(tmp_path):
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     ckpt = load_checkpoint(tmp_path / "resumed" / "ckpt.pt")
-    assert ckpt["epoch"] == 2 and ckpt["config"] == {"a": 1}
+    assert ckpt["epoch"] == 2 and ckpt["config"]["a"] == 1
 
 
 def test_other_config_starts_afresh(tmp_path):
@@ -64,7 +64,18 @@ def test_other_config_starts_afresh(tmp_path):
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     run(t, tmp_path, optim=OptimConfig(epochs=1, batch_size=4, base_lr=0.0), config={"a": 2})
     assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())  # lr 0: trained afresh, not loaded
-    assert load_checkpoint(tmp_path / "ckpt.pt")["config"] == {"a": 2}
+    assert load_checkpoint(tmp_path / "ckpt.pt")["config"]["a"] == 2
+
+
+def test_changed_library_or_data_starts_afresh(tmp_path, monkeypatch):
+    run(make_task(), tmp_path / "r")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text('{"params": {"seed": 1}}')  # data regenerated
+    t = make_task()
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    run(t, tmp_path / "r", optim=OptimConfig(epochs=3, batch_size=4, base_lr=0.0))
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())  # not the old weights
 
 
 def test_no_weight_decay_on_biases_and_norms():
