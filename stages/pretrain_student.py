@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from stages.common import params_option
+from stages.common import dataset_root, params_option
 
 if TYPE_CHECKING:
     from mim.engine import OptimConfig, Task
