@@ -181,7 +181,7 @@ def _coords(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
 def texture(rng: np.random.Generator, size: int) -> np.ndarray:
     """An (H, W, 3) fill in [0, 1]: solid, stripes, checker, noise or gradient (class-independent)."""
     c1, c2 = _colour(rng), _colour(rng)
-    kind = int(rng.integers(5))
+    kind = int(rng.choice(5, p=[0.6, 0.1, 0.1, 0.1, 0.1]))  # mostly solid: shape, not texture, is the class
     period = rng.uniform(3.0, 9.0) * size / 64
     if kind == 0:
         w = np.zeros((size, size, 1), np.float32)
@@ -219,10 +219,10 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
         u, _ = _coords(rng, size)
         t = ((u - u.min()) / (np.ptp(u) + 1e-6))[..., None]
         proc = _colour(rng) * (1 - t) + _colour(rng) * t
-    mix = rng.uniform(0.2, 0.7)
+    mix = rng.uniform(0.5, 0.9)  # mostly smooth: the photo adds clutter, not a second object
     bg = (1 - mix) * bg + mix * proc
     mean = bg.mean((0, 1))
-    return mean + (bg - mean) * rng.uniform(0.5, 1.0)
+    return mean + (bg - mean) * rng.uniform(0.3, 0.7)
 
 
 def draw(canvas: np.ndarray, rng: np.random.Generator, label: int, polygon: np.ndarray) -> Drawn:
@@ -255,7 +255,7 @@ def _radius_bound(stretch: tuple[float, float]) -> float:
 def classification_image(rng: np.random.Generator, label: int, classes: int, size: int) -> Image.Image:
     """One dominant object of class `label`, over 0-2 much smaller distractors of any class."""
     canvas = background(rng, size)
-    for _ in range(int(rng.choice(3, p=[0.5, 0.35, 0.15]))):
+    for _ in range(int(rng.choice(3, p=[0.7, 0.25, 0.05]))):
         other = int(rng.integers(classes))
         poly = place(SHAPE_NAMES[other], rng.uniform(0, size), rng.uniform(0, size),
                      rng.uniform(0.06, 0.13) * size, rng.uniform(0, 2 * math.pi), _stretch(rng))
