@@ -36,6 +36,8 @@ COLUMNS: list[Column] = [
     Column("finetune", "top1", "IN top-1 (fine-tune)"),
     Column("probe", "linear_top1", "IN linear"),
     Column("probe", "knn_top1", "IN k-NN"),
+    Column("detect", "bbox_AP", "COCO AP box"),
+    Column("detect", "segm_AP", "COCO AP mask"),
     Column("segment", "mIoU", "ADE20K mIoU"),
 ]
 

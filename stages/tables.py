@@ -15,7 +15,7 @@ from stages.common import params_option
               show_default=True, help="Where results.md and results.csv go.")
 @params_option
 def tables(metrics_dir: Path, out_dir: Path, params_path: Path) -> None:
-    """Rows = students, columns = fine-tune top-1, linear, k-NN (+ paper values in the paper profile)."""
+    """Results table (students x IN fine-tune/linear/k-NN, COCO AP, ADE20K mIoU) and the teacher table."""
     from mim.checkpoint import atomic_write
     from mim.config import load_section
     from mim.tables import TablesConfig, build_table, git_revision, read_metrics, sources_note, to_csv, to_markdown
@@ -38,3 +38,7 @@ def tables(metrics_dir: Path, out_dir: Path, params_path: Path) -> None:
     atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(md))
     atomic_write(out_dir / "results.csv", lambda tmp: tmp.write_text(to_csv(header, rows)))
     click.echo(md)
+    if (metrics_dir / "diversity").is_dir():
+        from mim.teacher_report import markdown, write_teacher_table
+
+        click.echo(markdown(write_teacher_table(metrics_dir, out_dir)))

@@ -18,13 +18,14 @@ def test_rows_columns_and_missing_cells(tmp_path):
     write(m, "probe", "mae", {"linear_top1": 33.333, "knn_top1": 30.0})
     write(m, "probe", "zeta", {"knn_top1": 1.0})
     header, rows = build_table(m)
-    assert header == ["student", "IN top-1 (fine-tune)", "IN linear", "IN k-NN", "ADE20K mIoU"]
-    assert rows == [["scratch", "40.0", "", "", ""], ["mae", "61.2", "33.3", "30.0", ""], ["zeta", "", "", "1.0", ""]]
-    assert to_markdown(header, rows).splitlines()[3] == "| mae | 61.2 | 33.3 | 30.0 |  |"
-    assert to_csv(header, rows).splitlines()[1] == "scratch,40.0,,,"
-    extra = COLUMNS + [Column("detect", "bbox_AP", "COCO AP box")]  # a later issue: one line
-    write(m, "detect", "mae", {"bbox_AP": 12.5})
-    assert build_table(m, extra)[1][1][-1] == "12.5"
+    assert header == ["student", "IN top-1 (fine-tune)", "IN linear", "IN k-NN", "COCO AP box", "COCO AP mask", "ADE20K mIoU"]
+    assert rows == [["scratch", "40.0", "", "", "", "", ""], ["mae", "61.2", "33.3", "30.0", "", "", ""], ["zeta", "", "", "1.0", "", "", ""]]
+    assert to_markdown(header, rows).splitlines()[3] == "| mae | 61.2 | 33.3 | 30.0 |  |  |  |"
+    assert to_csv(header, rows).splitlines()[1] == "scratch,40.0,,,,,"
+    extra = COLUMNS + [Column("detect", "bbox_AP50", "COCO AP50 box")]  # one line adds a column
+    write(m, "detect", "mae", {"bbox_AP": 12.5, "segm_AP": 10.0, "bbox_AP50": 20.0})
+    assert build_table(m, extra)[1][1][-1] == "20.0"
+    assert build_table(m)[1][1][4:6] == ["12.5", "10.0"]
     write(m, "segment", "mae", {"mIoU": 38.04, "mAcc": 50.0, "aAcc": 70.0})  # written by `mimrepro segment`
     assert build_table(m)[1][1][-1] == "38.0"
 
