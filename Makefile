@@ -12,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml scripts/install.sh scripts/install_mmseg.sh scripts/install_detectron2.sh
 	bash scripts/install.sh $(PYTHON) $(VENV)
 	touch $(STAMP)
 
