@@ -79,3 +79,7 @@ main.add_command(detect)
 from stages.tokenizer import tokenizer  # noqa: E402
 
 main.add_command(tokenizer)
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node=8 -m stages.cli pretrain-student ...`
+    main()
