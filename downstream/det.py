@@ -10,7 +10,6 @@ Training runs detectron2's trainer and hooks: `DetectionCheckpointer` checkpoint
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -49,7 +48,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import DictConfig, OmegaConf
 
 from downstream.vitdet_convert import load_into_vit, vit_kwargs
-from mim.checkpoint import write_json
+from mim.checkpoint import file_sha256, write_json
 from mim.config import to_dict
 from mim.engine import RunConfig
 from mim.errors import DataError, MimError
@@ -306,14 +305,6 @@ def build_config(job: DetectJob, enc_cfg: ViTConfig, classes: int) -> DictConfig
     return OmegaConf.create(
         dict(model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier, train=train)
     )
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # Settings that do not change the trained weights: a finished run re-evaluates instead of retraining.

@@ -1,6 +1,7 @@
 """Atomic checkpoint and metrics files: a crash never leaves a half-written output."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -24,6 +25,15 @@ def atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed: put in a run's config so new input weights never resume an old run."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

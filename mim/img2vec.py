@@ -39,7 +39,6 @@ Where the sources are silent, the choice is marked INTERPRETATION below.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -264,13 +263,4 @@ def build_task(cfg: Img2VecConfig, enc_cfg: ViTConfig, dataset: Dataset, teacher
     return Task(model, step, loader, steps, groups)
 
 
-def teacher_fingerprint(path: Path) -> str:
-    """sha256 of the teacher weights: goes into the checkpoint config, so a new teacher never resumes an old run."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-__all__ = ["Img2VecConfig", "Img2Vec", "Geometry", "resolve_geometry", "teacher_targets", "build_model", "build_task", "teacher_fingerprint"]
+__all__ = ["Img2VecConfig", "Img2Vec", "Geometry", "resolve_geometry", "teacher_targets", "build_model", "build_task"]

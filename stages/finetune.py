@@ -15,11 +15,9 @@ from stages.common import params_option
 @params_option
 def finetune(student: str, data: Path | None, params_path: Path) -> None:
     """Fine-tune models/<student>/encoder.safetensors; top-1/top-5 to metrics/finetune/<student>.json."""
-    import hashlib
-
     import torch
 
-    from mim.checkpoint import write_json
+    from mim.checkpoint import file_sha256, write_json
     from mim.config import load_section, to_dict
     from mim.datasets import read_manifest
     from mim.engine import RunConfig, fit, init_distributed, is_main
@@ -37,7 +35,7 @@ def finetune(student: str, data: Path | None, params_path: Path) -> None:
     torch.manual_seed(run.seed)  # head init
     task = finetune_task(load_encoder(enc_path, drop_path=cfg.drop_path), root, cfg, run)
     config = {"finetune": to_dict(cfg), "seed": run.seed, "data": str(root),
-              "encoder_sha256": hashlib.sha256(enc_path.read_bytes()).hexdigest()}  # a new encoder restarts the run
+              "encoder_sha256": file_sha256(enc_path)}  # a new encoder restarts the run
     run_name = f"finetune-{student}"
     metrics = fit(task, cfg.optim, run, checkpoint=Path("checkpoints") / f"{run_name}.pt", log_dir=Path("logs") / run_name,
                   config=config, desc=run_name)

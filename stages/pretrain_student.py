@@ -74,7 +74,8 @@ def img2vec(params: Path, data: Path, teacher: Path | None = None) -> Pretrainin
     from mim.data import ImageFolder
     from mim.engine import RunConfig
     from mim.errors import MimError
-    from mim.img2vec import Img2VecConfig, build_task, teacher_fingerprint
+    from mim.checkpoint import file_sha256
+    from mim.img2vec import Img2VecConfig, build_task
     from mim.pretrain import pretrain_transform
     from mim.teachers import load_teacher
     from mim.vit import ViTConfig
@@ -90,16 +91,16 @@ def img2vec(params: Path, data: Path, teacher: Path | None = None) -> Pretrainin
     task = build_task(cfg, enc_cfg, dataset, frozen, run)
     geo = task.model.geo
     config = {"encoder": to_dict(enc_cfg), "img2vec": to_dict(cfg), "seed": run.seed, "data": str(data),
-              "teacher": str(teacher), "teacher_sha256": teacher_fingerprint(teacher)}  # a new teacher never resumes
+              "teacher": str(teacher), "teacher_sha256": file_sha256(teacher)}  # a new teacher never resumes
     meta = {"teacher": str(teacher), "teacher_name": frozen.name, "mask_block_patches": str(geo.block),
             "teacher_img_size": str(geo.teacher_img_size)}
     return Pretraining(task.model.encoder, config, task, cfg.optim, meta)
 
+
 def beit(params: Path, data: Path | None) -> Pretraining:
     """BEiT: blockwise masking, mask embedding before the encoder, visual-token prediction (mim/beit.py)."""
-    import hashlib
-
     from mim.beit import BEiTConfig, beit_task
+    from mim.checkpoint import file_sha256
     from mim.config import load_section, to_dict
     from mim.datasets import read_manifest
     from mim.engine import RunConfig
@@ -113,7 +114,7 @@ def beit(params: Path, data: Path | None) -> Pretraining:
     tok_path = Path("models/tokenizer/tokenizer.safetensors")
     tokenizer = load_tokenizer(tok_path)
     task = beit_task(cfg, enc_cfg, run, data / "train", tokenizer)
-    digest = hashlib.sha256(tok_path.read_bytes()).hexdigest()  # a retrained tokenizer restarts the student
+    digest = file_sha256(tok_path)  # a retrained tokenizer restarts the student
     config = {"encoder": to_dict(enc_cfg), "beit": to_dict(cfg), "seed": run.seed, "data": str(data), "tokenizer": digest}
     return Pretraining(task.model.encoder, config, task, cfg.optim, {"tokenizer": tokenizer.kind})
 
