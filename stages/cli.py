@@ -39,46 +39,21 @@ def profile(name: str | None) -> None:
     )
     click.echo(f"profile: {name} (params/{name}.yaml); run `dvc repro` to rebuild what changed")
 
-from stages.prepare_data import prepare_data  # noqa: E402
-
-main.add_command(prepare_data)
-
-from stages.pretrain_student import pretrain_student  # noqa: E402
-
-main.add_command(pretrain_student)
-
-from stages.finetune import finetune  # noqa: E402
-
-main.add_command(finetune)
-
-from stages.probe import probe  # noqa: E402
-
-main.add_command(probe)
-
-from stages.tables import tables  # noqa: E402
-
-main.add_command(tables)
-
-from stages.pretrain_teacher import import_teacher, pretrain_teacher  # noqa: E402
-from stages.token_diversity import token_diversity  # noqa: E402
-
-main.add_command(pretrain_teacher)
-main.add_command(import_teacher)
-main.add_command(token_diversity)
-
-from stages.segment import segment  # noqa: E402
-
-main.add_command(segment)
-
+# One command per DVC stage (each module keeps its heavy imports inside the command).
 from stages.detect import detect  # noqa: E402
-
-main.add_command(detect)
-
-
-
+from stages.finetune import finetune  # noqa: E402
+from stages.prepare_data import prepare_data  # noqa: E402
+from stages.pretrain_student import pretrain_student  # noqa: E402
+from stages.pretrain_teacher import import_teacher, pretrain_teacher  # noqa: E402
+from stages.probe import probe  # noqa: E402
+from stages.segment import segment  # noqa: E402
+from stages.tables import tables  # noqa: E402
+from stages.token_diversity import token_diversity  # noqa: E402
 from stages.tokenizer import tokenizer  # noqa: E402
 
-main.add_command(tokenizer)
+for _command in (prepare_data, pretrain_teacher, import_teacher, token_diversity, tokenizer, pretrain_student,
+                 finetune, probe, detect, segment, tables):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # `torchrun --nproc_per_node=8 -m stages.cli pretrain-student ...`

@@ -41,7 +41,6 @@ def dataset_root(name: str, manifest: Path = MANIFEST) -> Path:
     from mim.datasets import read_manifest
     from mim.errors import MimError
 
-
     if name not in ("imagenet", "coco", "ade20k"):
         raise MimError(f"no dataset {name!r} in the manifest; choose imagenet, coco or ade20k")
     return Path(getattr(read_manifest(manifest), name))  # entries are {root, classes, ...} dicts
