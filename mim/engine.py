@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import os
 import sys
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ def is_main() -> bool:
 
 
 def seed_everything(seed: int) -> None:
+    random.seed(seed)  # timm's transforms (RandomResizedCrop, RandAugment, Mixup) draw from `random`
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
 

@@ -1,3 +1,4 @@
+import random
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def make_task(crash_after_epoch: int | None = None) -> Task:
         return data[torch.randperm(16, generator=g)].split(4)
 
     def step(m, x):
-        noise = torch.randn_like(x) * 0.1  # global RNG, as masking uses
+        noise = torch.randn_like(x) * 0.1 + random.random() * 0.1  # torch's and Python's global RNGs, as masking and timm's transforms use
         return m(x + noise).pow(2).mean(), {}
 
     def evaluate(epoch: int):
