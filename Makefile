@@ -20,6 +20,8 @@ reproduce: $(STAMP)
 	dvc repro
 	@echo
 	@cat results/results.md
+	@echo
+	@cat results/teachers.md
 
 test: $(STAMP)
 	pytest -q
