@@ -51,5 +51,42 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise MimError(f"cannot load checkpoint {path}: {e}") from None
 
 
+# torch dtype -> safetensors dtype tag (the format's spec: huggingface/safetensors README).
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file as bytes, byte-identical for identical inputs.
+
+    `safetensors.torch.save_file` writes the metadata map in hash order, which changes from
+    process to process, so equal weights hashed differently in dvc.lock.  Here tensors are
+    laid out by name and the header's JSON keys are sorted.
+    """
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    chunks, offset = [], 0
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        if t.dtype not in _ST_DTYPES:
+            raise MimError(f"cannot write tensor {name!r} of dtype {t.dtype} to safetensors")
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data section starts 8-byte aligned
+    return len(head).to_bytes(8, "little") + head + b"".join(chunks)
+
+
+def save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a deterministic safetensors file (loads with safetensors' `load_file`)."""
+    data = safetensors_bytes(state, metadata)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))

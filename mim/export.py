@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from mim.checkpoint import atomic_write
+from mim.checkpoint import save_safetensors
 from mim.config import from_dict
 from mim.errors import MimError
 from mim.vit import ViTConfig, ViTEncoder
@@ -23,7 +23,7 @@ from mim.vit import ViTConfig, ViTEncoder
 def save_encoder(path: Path, encoder: ViTEncoder, extra: dict[str, str] | None = None) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     meta = {"format": "mimrepro-vit-encoder/1", "vit": json.dumps(dataclasses.asdict(encoder.cfg)), **(extra or {})}
-    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=meta))
+    save_safetensors(Path(path), state, meta)
 
 def read_encoder(path: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, str]]:
     """(config, state_dict, metadata) of an encoder file, with clear errors for bad files."""

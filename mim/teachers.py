@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from mim.checkpoint import atomic_write
+from mim.checkpoint import save_safetensors
 from mim.errors import MimError
 from mim.export import load_encoder
 from mim.vit import ViTEncoder
@@ -61,7 +61,7 @@ def save_timm_backbone(path: Path, model: nn.Module, arch: str, extra: dict[str,
     """Write a timm model's state_dict (timm key names) with its architecture name."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": TIMM_FORMAT, "arch": arch, **(extra or {})}
-    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=meta))
+    save_safetensors(Path(path), state, meta)
 
 
 def _metadata(path: Path) -> dict[str, str]:

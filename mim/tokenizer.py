@@ -29,10 +29,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from mim.checkpoint import atomic_write
+from mim.checkpoint import save_safetensors
 from mim.config import from_dict
 from mim.engine import OptimConfig, RunConfig, Task, local_batch, param_groups_weight_decay, seed_everything, steps_for
 from mim.errors import MimError
@@ -249,7 +249,7 @@ def convert_dalle(pkl: Path, out: Path) -> dict[str, int]:
     arch = _dalle_arch(state)
     dalle_encoder(**arch).load_state_dict(state, strict=True)  # the layout must be the official one
     meta = {"format": DALLE_FORMAT, **{k: str(v) for k, v in arch.items()}}
-    atomic_write(Path(out), lambda tmp: save_file(state, str(tmp), metadata=meta))
+    save_safetensors(Path(out), state, meta)
     return arch
 
 
@@ -319,7 +319,7 @@ def dalle_tokenizer(enc: nn.Module, arch: dict[str, int], image_size: int = 112)
 def save_tokenizer(path: Path, tok: Tokenizer) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in tok.net.state_dict().items()}
     meta = {"format": TOKENIZER_FORMAT, "kind": tok.kind, "config": json.dumps(tok.config)}
-    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=meta))
+    save_safetensors(Path(path), state, meta)
 
 
 def load_tokenizer(path: Path) -> Tokenizer:

@@ -1,0 +1,54 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from mim.checkpoint import save_safetensors, safetensors_bytes
+from mim.errors import MimError
+
+STATE = {
+    "z.weight": torch.randn(3, 5, generator=torch.Generator().manual_seed(0)),
+    "a.bias": torch.arange(4, dtype=torch.int64),
+    "m.half": torch.linspace(-1, 1, 6).to(torch.bfloat16).reshape(2, 3),
+    "flag": torch.tensor([True, False, True]),
+    "empty": torch.zeros(0, 2),
+}
+META = {"vit": '{"depth": 6}', "format": "x/1", "b": "2", "a": "1", "student": "mae"}
+
+
+def test_safetensors_round_trip(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_safetensors(path, STATE, META)
+    back = load_file(str(path))
+    assert set(back) == set(STATE)
+    for k, v in STATE.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == META
+
+
+def test_safetensors_bytes_do_not_depend_on_insertion_order_or_process():
+    reordered_state = dict(reversed(list(STATE.items())))
+    reordered_meta = dict(reversed(list(META.items())))
+    assert safetensors_bytes(STATE, META) == safetensors_bytes(reordered_state, reordered_meta)
+    # safetensors' own writer orders metadata by a per-process hash seed; ours must not.
+    code = (
+        "import hashlib, torch\n"
+        "from mim.checkpoint import safetensors_bytes\n"
+        "s = {'w': torch.ones(2, 2), 'b': torch.zeros(2)}\n"
+        "m = {k: str(i) for i, k in enumerate('qwertyuiop')}\n"
+        "print(hashlib.sha256(safetensors_bytes(s, m)).hexdigest())\n"
+    )
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(3)}
+    assert len(digests) == 1
+
+
+def test_safetensors_header_is_aligned_and_unknown_dtype_raises():
+    data = safetensors_bytes(STATE, META)
+    n = int.from_bytes(data[:8], "little")
+    assert n % 8 == 0
+    with pytest.raises(MimError, match="complex64"):
+        safetensors_bytes({"c": torch.zeros(2, dtype=torch.complex64)})
