@@ -34,6 +34,7 @@ class ImageNetData:
     train_per_class: int = 100
     val_per_class: int = 20
     image_size: int = 64
+    max_rotation: float = 180.0  # objects tilt within +-this many degrees (180 = any orientation)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +47,7 @@ class SceneData:
     val_images: int = 8
     image_size: int = 128
     objects: tuple[int, int] = (2, 5)  # objects per image, min and max
+    max_rotation: float = 180.0  # objects tilt within +-this many degrees (180 = any orientation)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +75,7 @@ def check_config(cfg: DataConfig, where: str = "data") -> None:
             continue
         need(2 <= d.classes <= n_shapes, f"{name}.classes", f"{d.classes} is outside 2..{n_shapes} (the generator's shapes)")
         need(16 <= d.image_size <= 1024, f"{name}.image_size", f"{d.image_size} is outside 16..1024")
+        need(0 <= d.max_rotation <= 180, f"{name}.max_rotation", f"{d.max_rotation} is outside 0..180 degrees")
         if isinstance(d, ImageNetData):
             need(d.train_per_class >= 1, f"{name}.train_per_class", "must be >= 1")
             need(d.val_per_class >= 1, f"{name}.val_per_class", "must be >= 1")
@@ -238,18 +241,20 @@ def build(cfg: DataConfig, out: Path, progress: Progress = _silent, where: str =
         c = cfg.imagenet
         synth.write_imagenet(out / "imagenet", classes=c.classes, train_per_class=c.train_per_class,
                              val_per_class=c.val_per_class, image_size=c.image_size, seed=cfg.seed,
-                             progress=progress)
+                             max_rotation=c.max_rotation, progress=progress)
         ds["imagenet"] = {"root": "imagenet", "embedded": True, **validate_imagenet(out / "imagenet")}
     if cfg.coco.root is None:
         c = cfg.coco
         synth.write_coco(out / "coco", classes=c.classes, train_images=c.train_images, val_images=c.val_images,
-                         image_size=c.image_size, objects=c.objects, seed=cfg.seed, progress=progress)
+                         image_size=c.image_size, objects=c.objects, seed=cfg.seed, max_rotation=c.max_rotation,
+                         progress=progress)
         ds["coco"] = {"root": "coco", "embedded": True, **validate_coco(out / "coco")}
     if cfg.ade20k.root is None:
         c = cfg.ade20k
         rel = "ade20k/ADEChallengeData2016"
         synth.write_ade20k(out / rel, classes=c.classes, train_images=c.train_images, val_images=c.val_images,
-                           image_size=c.image_size, objects=c.objects, seed=cfg.seed, progress=progress)
+                           image_size=c.image_size, objects=c.objects, seed=cfg.seed, max_rotation=c.max_rotation,
+                           progress=progress)
         info = validate_ade20k(out / rel, classes=c.classes)
         info["class_names"] = list(synth.SHAPE_NAMES[: c.classes])
         ds["ade20k"] = {"root": rel, "embedded": True, **info}

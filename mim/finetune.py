@@ -36,6 +36,7 @@ class FinetuneConfig:
     label_smoothing: float = 0.1
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment(9, 0.5)
     reprob: float = 0.25  # random erasing probability (MAE repo default)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (timm/MAE default)
     global_pool: bool = True  # mean of patch tokens + fc_norm (MAE); False = cls token after norm
     labels_per_class: int = 0  # fine-tune on the first N images of each class; 0 = all
     eval_batch_size: int = 256
@@ -99,7 +100,8 @@ def layer_decay_groups(model: ViTClassifier, weight_decay: float, layer_decay: f
 def finetune_transforms(img_size: int, cfg: FinetuneConfig) -> tuple[Any, Any]:
     """(train, eval) transforms: RandAug + random erasing for training, resize + centre crop (0.875) for eval."""
     train = create_transform(
-        img_size, is_training=True, auto_augment=cfg.auto_augment, interpolation="bicubic", re_prob=cfg.reprob,
+        img_size, is_training=True, scale=cfg.crop_scale, auto_augment=cfg.auto_augment, interpolation="bicubic",
+        re_prob=cfg.reprob,
         re_mode="pixel", re_count=1, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     )
     _clamp_posterize(train)

@@ -1,7 +1,9 @@
 """Deterministic synthetic stand-ins for ImageNet, COCO and ADE20K, written in the real formats.
 
-The classes are shapes (disc, square, triangle, star, ...).  Colour, texture, scale, rotation and
+The classes are shapes (disc, square, triangle, star, ...).  Colour, texture, scale, tilt and
 background are drawn independently of the class, so only the outline tells classes apart.
+Objects stand roughly upright (tilt within +-`max_rotation` degrees), as things do in photos;
+with full rotation a ViT needs far more than CPU minutes to learn the classes.
 Backgrounds are crops of scikit-image's bundled sample photos (public domain / CC0) blended with
 procedural noise and gradients.  Every image draws from its own RNG seeded by
 (seed, dataset, split, index) and files are encoded with fixed settings, so the same seed gives
@@ -251,24 +253,31 @@ def _radius_bound(stretch: tuple[float, float]) -> float:
     return max(stretch)
 
 
+def _tilt(rng: np.random.Generator, max_rotation: float) -> float:
+    """A rotation in radians, uniform in +-max_rotation degrees (180 = any orientation)."""
+    return math.radians(rng.uniform(-max_rotation, max_rotation))
+
+
 # ---------------------------------------------------------------- images
-def classification_image(rng: np.random.Generator, label: int, classes: int, size: int) -> Image.Image:
+def classification_image(
+    rng: np.random.Generator, label: int, classes: int, size: int, max_rotation: float = 180.0
+) -> Image.Image:
     """One dominant object of class `label`, over 0-2 much smaller distractors of any class."""
     canvas = background(rng, size)
     for _ in range(int(rng.choice(3, p=[0.7, 0.25, 0.05]))):
         other = int(rng.integers(classes))
         poly = place(SHAPE_NAMES[other], rng.uniform(0, size), rng.uniform(0, size),
-                     rng.uniform(0.06, 0.13) * size, rng.uniform(0, 2 * math.pi), _stretch(rng))
+                     rng.uniform(0.06, 0.13) * size, _tilt(rng, max_rotation), _stretch(rng))
         draw(canvas, rng, other, poly)
     c = size / 2
     poly = place(SHAPE_NAMES[label], c + rng.uniform(-0.15, 0.15) * size, c + rng.uniform(-0.15, 0.15) * size,
-                 rng.uniform(0.25, 0.42) * size, rng.uniform(0, 2 * math.pi), _stretch(rng))
+                 rng.uniform(0.25, 0.42) * size, _tilt(rng, max_rotation), _stretch(rng))
     draw(canvas, rng, label, poly)
     return finish(canvas, rng)
 
 
 def scene_image(
-    rng: np.random.Generator, labels: Iterable[int], size: int, *, overlap: bool
+    rng: np.random.Generator, labels: Iterable[int], size: int, *, overlap: bool, max_rotation: float = 180.0
 ) -> tuple[Image.Image, list[Drawn]]:
     """Objects of the given classes, fully inside the frame; later ones occlude earlier ones.
 
@@ -291,7 +300,7 @@ def scene_image(
         else:
             continue
         circles.append((cx, cy, rb))
-        poly = place(SHAPE_NAMES[label], cx, cy, r, rng.uniform(0, 2 * math.pi), stretch)
+        poly = place(SHAPE_NAMES[label], cx, cy, r, _tilt(rng, max_rotation), stretch)
         drawn.append(draw(canvas, rng, label, poly))
     return finish(canvas, rng), drawn
 
@@ -327,7 +336,7 @@ def wnid(label: int) -> str:
 
 def write_imagenet(
     root: Path, *, classes: int, train_per_class: int, val_per_class: int, image_size: int, seed: int,
-    progress: Callable[[Iterable[int], int, str], Iterable[int]] = lambda it, n, d: it,
+    max_rotation: float = 180.0, progress: Callable[[Iterable[int], int, str], Iterable[int]] = lambda it, n, d: it,
 ) -> None:
     """`train/<wnid>/<wnid>_<i>.JPEG`, `val/<wnid>/ILSVRC2012_val_<i>.JPEG`, `LOC_synset_mapping.txt`."""
     root.mkdir(parents=True, exist_ok=True)
@@ -340,7 +349,7 @@ def write_imagenet(
             (root / name / wnid(c)).mkdir(parents=True, exist_ok=True)
         for k in progress(range(len(jobs)), len(jobs), f"imagenet {name}"):
             c, j = jobs[k]
-            img = classification_image(_rng(seed, IMAGENET, split, c, j), c, classes, image_size)
+            img = classification_image(_rng(seed, IMAGENET, split, c, j), c, classes, image_size, max_rotation)
             fname = f"{wnid(c)}_{j + 1}.JPEG" if split == TRAIN else f"ILSVRC2012_val_{k + 1:08d}.JPEG"
             img.save(root / name / wnid(c) / fname, "JPEG", quality=JPEG_QUALITY)
 
@@ -352,7 +361,7 @@ def polygon_area(p: np.ndarray) -> float:
 
 def write_coco(
     root: Path, *, classes: int, train_images: int, val_images: int, image_size: int,
-    objects: tuple[int, int], seed: int,
+    objects: tuple[int, int], seed: int, max_rotation: float = 180.0,
     progress: Callable[[Iterable[int], int, str], Iterable[int]] = lambda it, n, d: it,
 ) -> None:
     """`{train,val}2017/<id:012d>.jpg` and `annotations/instances_{train,val}2017.json` (polygons)."""
@@ -366,7 +375,8 @@ def write_coco(
         images, anns = [], []
         for i in progress(range(n), n, f"coco {name}"):
             image_id += 1
-            img, drawn = scene_image(_rng(seed, COCO, split, i), plan[i], image_size, overlap=False)
+            img, drawn = scene_image(_rng(seed, COCO, split, i), plan[i], image_size, overlap=False,
+                                    max_rotation=max_rotation)
             fname = f"{image_id:012d}.jpg"
             img.save(root / name / fname, "JPEG", quality=JPEG_QUALITY)
             images.append({"id": image_id, "file_name": fname, "width": image_size, "height": image_size})
@@ -390,7 +400,7 @@ def write_coco(
 
 def write_ade20k(
     root: Path, *, classes: int, train_images: int, val_images: int, image_size: int,
-    objects: tuple[int, int], seed: int,
+    objects: tuple[int, int], seed: int, max_rotation: float = 180.0,
     progress: Callable[[Iterable[int], int, str], Iterable[int]] = lambda it, n, d: it,
 ) -> None:
     """ADEChallengeData2016 layout: `images/<split>/ADE_*.jpg` and `annotations/<split>/ADE_*.png`."""
@@ -400,7 +410,8 @@ def write_ade20k(
         (root / "annotations" / name).mkdir(parents=True, exist_ok=True)
         plan = scene_labels(_rng(seed, ADE20K, split), n, classes, objects)
         for i in progress(range(n), n, f"ade20k {name}"):
-            img, drawn = scene_image(_rng(seed, ADE20K, split, i), plan[i], image_size, overlap=True)
+            img, drawn = scene_image(_rng(seed, ADE20K, split, i), plan[i], image_size, overlap=True,
+                                    max_rotation=max_rotation)
             stem = f"ADE_{tag}_{i + 1:08d}"
             img.save(root / "images" / name / f"{stem}.jpg", "JPEG", quality=JPEG_QUALITY)
             Image.fromarray(label_map(drawn, image_size)).save(root / "annotations" / name / f"{stem}.png")

@@ -30,9 +30,11 @@ class Column:
     task: str  # metrics/<task>/<student>.json
     key: str  # key inside that JSON
     header: str
+    decimals: int = 1
 
 
 COLUMNS: list[Column] = [
+    Column("finetune", "pretrain_epochs", "pretrain epochs", decimals=0),
     Column("finetune", "top1", "IN top-1 (fine-tune)"),
     Column("probe", "linear_top1", "IN linear"),
     Column("probe", "knn_top1", "IN k-NN"),
@@ -79,7 +81,7 @@ def build_table(
         row = [s]
         for c in columns:
             value = read_metrics(metrics_dir, c.task, s).get(c.key)
-            row.append(_fmt(value))
+            row.append(_fmt(value, decimals=c.decimals))
             if paper and any(col == c.header for _, col in PAPER_VALUES):
                 ref = PAPER_VALUES.get((s, c.header))
                 row.append(_fmt(ref[0]) if ref else "")
@@ -88,10 +90,10 @@ def build_table(
     return header, rows
 
 
-def _fmt(x: float | None, signed: bool = False) -> str:
+def _fmt(x: float | None, signed: bool = False, decimals: int = 1) -> str:
     if x is None:
         return ""
-    return f"{x:+.1f}" if signed else f"{x:.1f}"
+    return f"{x:+.{decimals}f}" if signed else f"{x:.{decimals}f}"
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:

@@ -31,7 +31,7 @@ def finetune(student: str, data: Path | None, params_path: Path) -> None:
     init_distributed()
     root = data or read_manifest().imagenet
     enc_path = Path("models") / student / "encoder.safetensors"
-    read_encoder(enc_path)  # clear error for a missing or corrupt file
+    _, _, meta = read_encoder(enc_path)  # clear error for a missing or corrupt file
     torch.manual_seed(run.seed)  # head init
     task = finetune_task(load_encoder(enc_path, drop_path=cfg.drop_path), root, cfg, run)
     config = {"finetune": to_dict(cfg), "seed": run.seed, "data": str(root),
@@ -42,5 +42,7 @@ def finetune(student: str, data: Path | None, params_path: Path) -> None:
     if is_main():
         out = {"top1": metrics["val/top1"], "top5": metrics["val/top5"], "epochs": cfg.optim.epochs,
                "labels_per_class": cfg.labels_per_class}
+        if meta.get("pretrain_epochs", "").isdigit():
+            out["pretrain_epochs"] = int(meta["pretrain_epochs"])
         write_json(Path("metrics/finetune") / f"{student}.json", out)
         click.echo(f"{student}: fine-tune top-1 {out['top1']:.2f}  top-5 {out['top5']:.2f}")

@@ -162,5 +162,7 @@ def pretrain_student(method: str, name: str | None, data: Path | None, teacher: 
             config=job.config, desc=f"pretrain {name}")
     if is_main():
         out = Path("models") / name / "encoder.safetensors"
-        save_encoder(out, job.encoder.cpu(), extra={"student": name, "method": method, "params": str(params_path), **job.metadata})
+        epochs = str(job.optim.epochs if job.optim is not None else 0)  # shown next to the student's results
+        save_encoder(out, job.encoder.cpu(), extra={"student": name, "method": method, "params": str(params_path),
+                                                    "pretrain_epochs": epochs, **job.metadata})
         click.echo(f"{name}: encoder written to {out}")

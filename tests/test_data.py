@@ -130,6 +130,29 @@ def test_classification_images_vary_and_colour_is_not_the_class():
     assert spread_within > 15 and spread_between < spread_within
 
 
+def _tilt_of_arrow(polygon: np.ndarray) -> float:
+    """Angle (degrees) of an arrow polygon's tip, seen from its vertex centroid; 0 = pointing right."""
+    tip = polygon[3]  # the vertex at (1, 0) of the unit arrow
+    d = tip - polygon.mean(0)
+    return math.degrees(math.atan2(d[1], d[0]))
+
+
+@pytest.mark.parametrize("max_rotation", [0.0, 20.0, 180.0])
+def test_objects_tilt_within_max_rotation(max_rotation):
+    arrow = synth.SHAPE_NAMES.index("arrow")
+    tilts = []
+    for i in range(40):
+        _, drawn = synth.scene_image(synth._rng(3, i), [arrow], 96, overlap=False, max_rotation=max_rotation)
+        tilts += [_tilt_of_arrow(d.polygon) for d in drawn]
+    tilts = np.abs(np.array(tilts))
+    assert len(tilts) >= 30
+    assert tilts.max() <= max_rotation + 6  # stretch bends the centroid->tip direction a few degrees
+    if max_rotation == 180:
+        assert tilts.max() > 150  # every orientation occurs
+    if max_rotation == 20:
+        assert tilts.max() > 12
+
+
 def test_all_shapes_are_simple_polygons_of_unit_radius():
     for name in synth.SHAPE_NAMES:
         p = synth.unit_shape(name)
@@ -196,6 +219,7 @@ def test_manifest_errors(tmp_path):
         ("data: {coco: {train_imgs: 3}}", r"bad\.yaml: data\.coco: unknown key\(s\) train_imgs"),
         ("data: {ade20k: {objects: [3, 1]}}", r"bad\.yaml: data\.ade20k\.objects: \[3, 1\] must be"),
         ("data: {seed: x}", r"bad\.yaml: data\.seed: expected an integer"),
+        ("data: {imagenet: {max_rotation: 200}}", r"bad\.yaml: data\.imagenet\.max_rotation: 200(\.0)? is outside 0\.\.180"),
         ("data: {coco: {root: " + "/no/such/coco}}", r"COCO root /no/such/coco: not a directory"),
     ],
 )

@@ -50,6 +50,16 @@ def test_randaug_posterize_never_zero_bits():
         op(img)  # Pillow >= 13 raises on 0 bits
 
 
+def test_finetune_crop_scale_reaches_random_resized_crop():
+    from mim.engine import OptimConfig
+    from mim.finetune import FinetuneConfig, finetune_transforms
+
+    cfg = FinetuneConfig(optim=OptimConfig(epochs=1, batch_size=2, base_lr=1.0), crop_scale=(0.5, 1.0))
+    train, _ = finetune_transforms(32, cfg)
+    crops = [t for t in train.transforms if type(t).__name__.startswith("RandomResizedCrop")]
+    assert len(crops) == 1 and tuple(crops[0].scale) == (0.5, 1.0)
+
+
 def test_knn_on_hand_made_set():
     train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
     labels = torch.tensor([0, 0, 1, 1, 2])
@@ -101,13 +111,14 @@ def test_finetune_and_probe_stages_write_metrics(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = make_imagenet(tmp_path / "data", classes=3, train=6, val=2, size=32)
     torch.manual_seed(0)
-    save_encoder(tmp_path / "models/s/encoder.safetensors", ViTEncoder(ENC))
+    save_encoder(tmp_path / "models/s/encoder.safetensors", ViTEncoder(ENC), extra={"pretrain_epochs": "7"})
     (tmp_path / "p.yaml").write_text(PARAMS)
     r = CliRunner()
     res = r.invoke(main, ["finetune", "--student", "s", "--data", str(data), "--params", "p.yaml"])
     assert res.exit_code == 0, res.output
     ft = json.loads((tmp_path / "metrics/finetune/s.json").read_text())
-    assert set(ft) == {"top1", "top5", "epochs", "labels_per_class"} and ft["top5"] == 100.0  # 3 classes
+    assert set(ft) == {"top1", "top5", "epochs", "labels_per_class", "pretrain_epochs"} and ft["top5"] == 100.0  # 3 classes
+    assert ft["pretrain_epochs"] == 7  # from the encoder's metadata, for the results table
     res = r.invoke(main, ["probe", "--student", "s", "--data", str(data), "--params", "p.yaml"])
     assert res.exit_code == 0, res.output
     pr = json.loads((tmp_path / "metrics/probe/s.json").read_text())

@@ -13,19 +13,20 @@ def write(root, task, student, data):
 
 def test_rows_columns_and_missing_cells(tmp_path):
     m = tmp_path / "metrics"
-    write(m, "finetune", "mae", {"top1": 61.25, "top5": 90.0, "epochs": 5, "labels_per_class": 10})
-    write(m, "finetune", "scratch", {"top1": 40.0})
+    write(m, "finetune", "mae", {"top1": 61.25, "top5": 90.0, "epochs": 5, "labels_per_class": 10, "pretrain_epochs": 40})
+    write(m, "finetune", "scratch", {"top1": 40.0, "pretrain_epochs": 0})
     write(m, "probe", "mae", {"linear_top1": 33.333, "knn_top1": 30.0})
     write(m, "probe", "zeta", {"knn_top1": 1.0})
     header, rows = build_table(m)
-    assert header == ["student", "IN top-1 (fine-tune)", "IN linear", "IN k-NN", "COCO AP box", "COCO AP mask", "ADE20K mIoU"]
-    assert rows == [["scratch", "40.0", "", "", "", "", ""], ["mae", "61.2", "33.3", "30.0", "", "", ""], ["zeta", "", "", "1.0", "", "", ""]]
-    assert to_markdown(header, rows).splitlines()[3] == "| mae | 61.2 | 33.3 | 30.0 |  |  |  |"
-    assert to_csv(header, rows).splitlines()[1] == "scratch,40.0,,,,,"
+    assert header == ["student", "pretrain epochs", "IN top-1 (fine-tune)", "IN linear", "IN k-NN", "COCO AP box", "COCO AP mask", "ADE20K mIoU"]
+    assert rows == [["scratch", "0", "40.0", "", "", "", "", ""], ["mae", "40", "61.2", "33.3", "30.0", "", "", ""],
+                    ["zeta", "", "", "", "1.0", "", "", ""]]
+    assert to_markdown(header, rows).splitlines()[3] == "| mae | 40 | 61.2 | 33.3 | 30.0 |  |  |  |"
+    assert to_csv(header, rows).splitlines()[1] == "scratch,0,40.0,,,,,"
     extra = COLUMNS + [Column("detect", "bbox_AP50", "COCO AP50 box")]  # one line adds a column
     write(m, "detect", "mae", {"bbox_AP": 12.5, "segm_AP": 10.0, "bbox_AP50": 20.0})
     assert build_table(m, extra)[1][1][-1] == "20.0"
-    assert build_table(m)[1][1][4:6] == ["12.5", "10.0"]
+    assert build_table(m)[1][1][5:7] == ["12.5", "10.0"]
     write(m, "segment", "mae", {"mIoU": 38.04, "mAcc": 50.0, "aAcc": 70.0})  # written by `mimrepro segment`
     assert build_table(m)[1][1][-1] == "38.0"
 
@@ -46,6 +47,6 @@ def test_tables_stage_regenerates_files(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["tables", "--params", "p.yaml"])
     assert res.exit_code == 0, res.output
     md = (tmp_path / "results/results.md").read_text()
-    assert "| scratch | 45.0 |  |  |" in md and "| mae | 55.0 |  |  |" in md
+    assert "| scratch |  | 45.0 |  |  |" in md and "| mae |  | 55.0 |  |  |" in md
     assert "8 labelled images per class" in md and "`p.yaml`" in md and "commit" in md
-    assert (tmp_path / "results/results.csv").read_text().startswith("student,IN top-1 (fine-tune)")
+    assert (tmp_path / "results/results.csv").read_text().startswith("student,pretrain epochs,IN top-1 (fine-tune)")
