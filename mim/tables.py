@@ -110,11 +110,16 @@ def to_csv(header: list[str], rows: list[list[str]]) -> str:
     return buf.getvalue()
 
 
+# What the pipeline itself rewrites: not a sign that the code or params differ from the commit.
+GENERATED = (":(exclude)dvc.lock", ":(exclude)results")
+
+
 def git_revision(cwd: Path = Path(".")) -> str:
-    """Short commit hash, '+dirty' when tracked files differ from it; 'unknown' outside git."""
+    """Short commit hash, '+dirty' when tracked code/params differ from it; 'unknown' outside git."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *GENERATED],
+                               cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")

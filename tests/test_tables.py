@@ -50,3 +50,26 @@ def test_tables_stage_regenerates_files(tmp_path, monkeypatch):
     assert "| scratch |  | 45.0 |  |  |" in md and "| mae |  | 55.0 |  |  |" in md
     assert "8 labelled images per class" in md and "`p.yaml`" in md and "commit" in md
     assert (tmp_path / "results/results.csv").read_text().startswith("student,pretrain epochs,IN top-1 (fine-tune)")
+
+
+def test_git_revision_ignores_pipeline_outputs(tmp_path):
+    import subprocess
+
+    from mim.tables import git_revision
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("dvc.lock", "results/results.md", "mim.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("a\n")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    rev = git_revision(tmp_path)
+    assert len(rev) >= 7 and not rev.endswith("+dirty")
+    (tmp_path / "dvc.lock").write_text("b\n")  # the run that makes the table rewrites these
+    (tmp_path / "results/results.md").write_text("b\n")
+    assert git_revision(tmp_path) == rev
+    (tmp_path / "mim.py").write_text("b\n")  # code that differs from the commit does count
+    assert git_revision(tmp_path) == rev + "+dirty"
