@@ -7,7 +7,7 @@ records its path.  Every later stage reads the roots from the manifest (`read_ma
 from __future__ import annotations
 
 import dataclasses
-
+import hashlib
 import json
 import os
 import shutil
@@ -172,6 +172,20 @@ def validate_ade20k(root: Path, classes: int | None = None) -> dict[str, Any]:
     return {"classes": n, "class_names": names[:n], "images": counts}
 
 
+def tree_sha256(root: Path) -> str:
+    """sha256 over every file under `root`: relative path and content, in sorted order.
+
+    Recorded in the manifest for generated data, so stages can depend on data/manifest.json
+    alone (DVC then need not walk the image folders on every `dvc repro`) and still rerun
+    whenever any generated file changes, e.g. after an edit of the generator.
+    """
+    h = hashlib.sha256()
+    for p in sorted(q for q in Path(root).rglob("*") if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------- manifest
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
@@ -242,13 +256,14 @@ def build(cfg: DataConfig, out: Path, progress: Progress = _silent, where: str =
         synth.write_imagenet(out / "imagenet", classes=c.classes, train_per_class=c.train_per_class,
                              val_per_class=c.val_per_class, image_size=c.image_size, seed=cfg.seed,
                              max_rotation=c.max_rotation, progress=progress)
-        ds["imagenet"] = {"root": "imagenet", "embedded": True, **validate_imagenet(out / "imagenet")}
+        ds["imagenet"] = {"root": "imagenet", "embedded": True, "sha256": tree_sha256(out / "imagenet"),
+                          **validate_imagenet(out / "imagenet")}
     if cfg.coco.root is None:
         c = cfg.coco
         synth.write_coco(out / "coco", classes=c.classes, train_images=c.train_images, val_images=c.val_images,
                          image_size=c.image_size, objects=c.objects, seed=cfg.seed, max_rotation=c.max_rotation,
                          progress=progress)
-        ds["coco"] = {"root": "coco", "embedded": True, **validate_coco(out / "coco")}
+        ds["coco"] = {"root": "coco", "embedded": True, "sha256": tree_sha256(out / "coco"), **validate_coco(out / "coco")}
     if cfg.ade20k.root is None:
         c = cfg.ade20k
         rel = "ade20k/ADEChallengeData2016"
@@ -257,7 +272,7 @@ def build(cfg: DataConfig, out: Path, progress: Progress = _silent, where: str =
                            progress=progress)
         info = validate_ade20k(out / rel, classes=c.classes)
         info["class_names"] = list(synth.SHAPE_NAMES[: c.classes])
-        ds["ade20k"] = {"root": rel, "embedded": True, **info}
+        ds["ade20k"] = {"root": rel, "embedded": True, "sha256": tree_sha256(out / rel), **info}
     # the generating params: a regenerated dataset changes the manifest, so training stages restart
     manifest = {"version": 1, "seed": cfg.seed, "params": dataclasses.asdict(cfg), **ds}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -47,6 +47,22 @@ def test_same_seed_same_bytes_other_seed_differs(micro, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary folders left behind
 
 
+def test_manifest_fingerprints_generated_files(micro, tmp_path):
+    import shutil
+
+    from mim.datasets import tree_sha256
+
+    doc = json.loads((micro / "manifest.json").read_text())
+    for name, rel in (("imagenet", "imagenet"), ("coco", "coco"), ("ade20k", "ade20k/ADEChallengeData2016")):
+        assert doc[name]["sha256"] == tree_sha256(micro / rel), name
+    copy = tmp_path / "imagenet"
+    shutil.copytree(micro / "imagenet", copy)
+    assert tree_sha256(copy) == doc["imagenet"]["sha256"]
+    one = sorted(copy.rglob("*.JPEG"))[0]
+    one.write_bytes(one.read_bytes() + b"\0")  # one changed image changes the manifest
+    assert tree_sha256(copy) != doc["imagenet"]["sha256"]
+
+
 def test_manifest_roots_and_counts(micro):
     m = read_manifest(micro / "manifest.json")
     assert m.imagenet == micro / "imagenet" and (m.imagenet / "train").is_dir()
