@@ -66,7 +66,7 @@ def mae(params: Path, data: Path | None) -> Pretraining:
     return Pretraining(model.encoder, config, task, cfg.optim)
 
 
-def img2vec(params: Path, data: Path, teacher: Path | None = None) -> Pretraining:
+def img2vec(params: Path, data: Path | None, teacher: Path | None = None) -> Pretraining:
     """Img2Vec: 60% block masking, regress a frozen teacher's tokens, multi-block + global loss (mim/img2vec.py)."""
     import torch
 
@@ -86,6 +86,7 @@ def img2vec(params: Path, data: Path, teacher: Path | None = None) -> Pretrainin
     cfg = load_section(params, "img2vec", Img2VecConfig)
     run = load_section(params, "run", RunConfig)
     frozen = load_teacher(teacher)
+    data = data or dataset_root("imagenet")
     dataset = ImageFolder(data / "train", pretrain_transform(enc_cfg.img_size, cfg.crop_scale))
     torch.manual_seed(run.seed)
     task = build_task(cfg, enc_cfg, dataset, frozen, run)
@@ -151,11 +152,10 @@ def pretrain_student(method: str, name: str | None, data: Path | None, teacher: 
     if run.threads:
         torch.set_num_threads(run.threads)
     init_distributed()
-    root = data or dataset_root("imagenet")
     extra = {"teacher": teacher} if teacher is not None else {}
     if extra and method not in TEACHER_METHODS:
         raise MimError(f"--teacher applies to {', '.join(TEACHER_METHODS)} only, not {method}")
-    job = METHODS[method](params_path, root, **extra)
+    job = METHODS[method](params_path, data, **extra)  # None: the manifest's ImageNet (scratch reads none)
     if job.task is not None:
         assert job.optim is not None
         fit(job.task, job.optim, run, checkpoint=Path("checkpoints") / f"{name}.pt", log_dir=Path("logs") / name,

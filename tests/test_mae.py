@@ -159,7 +159,17 @@ def test_scratch_and_unknown_method(tmp_path, monkeypatch):
     assert _pretrain(tmp_path, data, "scratch").exit_code == 0
     cfg, _, meta = read_encoder(tmp_path / "models/scratch/encoder.safetensors")
     assert cfg.embed_dim == 32 and meta["method"] == "scratch"
+    assert meta["pretrain_epochs"] == "0"
     assert not (tmp_path / "checkpoints").exists()
+    # scratch reads no data: it runs without a manifest, so its DVC stage needs no data dependency
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    (empty / "p.yaml").write_text((tmp_path / "p.yaml").read_text())
+    res = CliRunner().invoke(main, ["pretrain-student", "--method", "scratch", "--params", "p.yaml"])
+    assert res.exit_code == 0, res.output
+    assert (empty / "models/scratch/encoder.safetensors").is_file()
+    monkeypatch.chdir(tmp_path)
     res = _pretrain(tmp_path, data, "bert")
     assert res.exit_code != 0 and "'bert' is not one of 'scratch', 'mae'" in res.output
 
