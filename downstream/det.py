@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +47,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import DictConfig, OmegaConf
 
 from downstream.vitdet_convert import load_into_vit, vit_kwargs
-from mim.checkpoint import file_sha256, write_json
+from mim.checkpoint import claim_run_dir, file_sha256, write_json
 from mim.config import to_dict
 from mim.engine import RunConfig
 from mim.errors import DataError, MimError
@@ -334,14 +333,9 @@ def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float | None
 
 def _prepare_checkpoint_dir(job: DetectJob, key: dict[str, Any], log: logging.Logger) -> None:
     """Keep checkpoints only when they were made with the same run key; else start afresh."""
-    stamp = job.checkpoint_dir / "run.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != key:
+    if claim_run_dir(job.checkpoint_dir, key):
         log.info("%s holds a run with another config, data or encoder: starting afresh", job.checkpoint_dir)
-        shutil.rmtree(job.checkpoint_dir)
         (job.log_dir / "events.json").unlink(missing_ok=True)
-    job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    if not stamp.is_file():
-        stamp.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
 
 
 def train_and_evaluate(job: DetectJob, classes: int) -> dict[str, float | None]:

@@ -214,6 +214,24 @@ def build_config(
     )
 
 
+# Settings that do not change the trained weights: a finished run re-evaluates instead of retraining.
+NOT_TRAINING = ("test_mode", "slide_stride", "val_interval", "checkpoint_interval", "log_interval")
+
+
+def run_key(cfg: SegmentConfig, run: RunConfig, manifest: Path, encoder: Path) -> dict[str, Any]:
+    """What must be identical for mmengine to resume the checkpoints in work_dir."""
+    import dataclasses  # noqa: PLC0415
+
+    from mim.checkpoint import file_sha256  # noqa: PLC0415
+
+    return {
+        "segment": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TRAINING},
+        "seed": run.seed,
+        "manifest_sha256": file_sha256(manifest),  # embedded data: holds a sha256 of every image
+        "encoder_sha256": file_sha256(encoder),
+    }
+
+
 # --- run -----------------------------------------------------------------------------------------
 def segment(
     cfg: SegmentConfig, run: RunConfig, *, manifest: Path, encoder: Path, work_dir: Path, config_out: Path
@@ -224,11 +242,14 @@ def segment(
     from downstream import seg_mm  # noqa: PLC0415  (imports mmseg; MimError naming the install if absent)
     from mmengine.config import Config  # noqa: PLC0415
 
-    from mim.checkpoint import atomic_write  # noqa: PLC0415
+    from mim.checkpoint import atomic_write, claim_run_dir  # noqa: PLC0415
 
     if run.threads:
         torch.set_num_threads(run.threads)
     data = find_data(manifest)
+    read_encoder(encoder)  # clear error for a missing or corrupt file
+    if claim_run_dir(work_dir, run_key(cfg, run, manifest, encoder)):
+        print(f"{work_dir} held a run with another config, data or encoder: starting afresh", flush=True)
     mm_cfg = Config(build_config(cfg, run, data, encoder, work_dir, cuda=torch.cuda.is_available()))
     atomic_write(config_out, lambda tmp: tmp.write_text(mm_cfg.pretty_text))
     seg_mm.safe_checkpoints()

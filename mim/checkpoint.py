@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,28 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def claim_run_dir(folder: Path, key: dict[str, Any], stamp: str = "run.json") -> bool:
+    """Keep `folder` (another library's checkpoints) only if it was made by a run with this key.
+
+    Training stages that resume through detectron2 or mmengine cannot tell whether the
+    checkpoints in a persisted folder came from the same encoder, data and recipe.  The key
+    (plain data) is stamped into the folder; a different stamp empties it.  Returns True when
+    the folder was emptied.
+    """
+    folder = Path(folder)
+    path = folder / stamp
+    if path.is_file():
+        stale = json.loads(path.read_text()) != key
+    else:  # checkpoints nobody stamped cannot be trusted either
+        stale = folder.is_dir() and any(folder.iterdir())
+    if stale:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        path.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+    return stale
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -52,3 +52,20 @@ def test_safetensors_header_is_aligned_and_unknown_dtype_raises():
     assert n % 8 == 0
     with pytest.raises(MimError, match="complex64"):
         safetensors_bytes({"c": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_claim_run_dir_keeps_same_run_and_empties_others(tmp_path):
+    from mim.checkpoint import claim_run_dir
+
+    d = tmp_path / "work"
+    assert claim_run_dir(d, {"encoder": "a", "iters": 40}) is False  # fresh folder, stamped
+    (d / "iter_20.pth").write_bytes(b"x")
+    assert claim_run_dir(d, {"iters": 40, "encoder": "a"}) is False  # same key: resume
+    assert (d / "iter_20.pth").is_file()
+    assert claim_run_dir(d, {"encoder": "b", "iters": 40}) is True  # new encoder: start afresh
+    assert not (d / "iter_20.pth").exists() and (d / "run.json").is_file()
+    unstamped = tmp_path / "old"
+    unstamped.mkdir()
+    (unstamped / "last_checkpoint").write_text("iter_40.pth")  # a run nobody stamped
+    assert claim_run_dir(unstamped, {"encoder": "a"}) is True
+    assert sorted(p.name for p in unstamped.iterdir()) == ["run.json"]

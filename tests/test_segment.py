@@ -207,6 +207,27 @@ def test_resume_continues_the_iteration_count_with_safe_loading(files, tmp_path)
     assert runner.val_evaluator.metrics[0].summary.keys() == {"aAcc", "mIoU", "mAcc"}
 
 
+def test_run_key_follows_encoder_data_and_recipe_not_logging(tmp_path):
+    import dataclasses
+
+    from downstream.seg import SegmentConfig, run_key
+    from mim.engine import RunConfig
+
+    enc, man = tmp_path / "e.safetensors", tmp_path / "manifest.json"
+    enc.write_bytes(b"weights-1")
+    man.write_text("{}")
+    cfg, run = SegmentConfig(iters=40), RunConfig(seed=0)
+    key = run_key(cfg, run, man, enc)
+    assert run_key(dataclasses.replace(cfg, log_interval=7, val_interval=3), run, man, enc) == key
+    assert run_key(dataclasses.replace(cfg, iters=41), run, man, enc) != key
+    assert run_key(cfg, RunConfig(seed=1), man, enc) != key
+    enc.write_bytes(b"weights-2")  # a retrained student must not resume the old segmenter
+    assert run_key(cfg, run, man, enc) != key
+    enc.write_bytes(b"weights-1")
+    man.write_text('{"ade20k": 1}')
+    assert run_key(cfg, run, man, enc) != key
+
+
 def test_dataset_root_and_classes_come_from_the_manifest(tmp_path):
     from downstream.seg import find_data
     from mim import synth
