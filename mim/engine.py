@@ -186,7 +186,7 @@ def fit(
                 sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
             if hasattr(progress, "set_postfix"):
-                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_sched[it]:.2e}")
+                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_sched[it]:.2e}", refresh=False)  # mininterval governs
         metrics = {f"train/{k}": v / max(n, 1) for k, v in sums.items()}
         metrics["lr"] = float(lr_sched[min((epoch + 1) * updates_per_epoch, total) - 1])
         if task.evaluate is not None:
