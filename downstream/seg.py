@@ -247,10 +247,9 @@ def segment(
     if run.threads:
         torch.set_num_threads(run.threads)
     data = find_data(manifest)
-    read_encoder(encoder)  # clear error for a missing or corrupt file
+    mm_cfg = Config(build_config(cfg, run, data, encoder, work_dir, cuda=torch.cuda.is_available()))  # checks the encoder
     if claim_run_dir(work_dir, run_key(cfg, run, manifest, encoder)):
         print(f"{work_dir} held a run with another config, data or encoder: starting afresh", flush=True)
-    mm_cfg = Config(build_config(cfg, run, data, encoder, work_dir, cuda=torch.cuda.is_available()))
     atomic_write(config_out, lambda tmp: tmp.write_text(mm_cfg.pretty_text))
     seg_mm.safe_checkpoints()
     seg_mm.quiet_known_warnings()

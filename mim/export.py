@@ -21,9 +21,8 @@ from mim.errors import MimError
 from mim.vit import ViTConfig, ViTEncoder
 
 def save_encoder(path: Path, encoder: ViTEncoder, extra: dict[str, str] | None = None) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     meta = {"format": "mimrepro-vit-encoder/1", "vit": json.dumps(dataclasses.asdict(encoder.cfg)), **(extra or {})}
-    save_safetensors(Path(path), state, meta)
+    save_safetensors(Path(path), encoder.state_dict(), meta)  # detaches and copies to CPU itself
 
 def read_encoder(path: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], dict[str, str]]:
     """(config, state_dict, metadata) of an encoder file, with clear errors for bad files."""

@@ -59,9 +59,8 @@ class Teacher(nn.Module):
 
 def save_timm_backbone(path: Path, model: nn.Module, arch: str, extra: dict[str, str] | None = None) -> None:
     """Write a timm model's state_dict (timm key names) with its architecture name."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": TIMM_FORMAT, "arch": arch, **(extra or {})}
-    save_safetensors(Path(path), state, meta)
+    save_safetensors(Path(path), model.state_dict(), meta)
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -317,9 +317,8 @@ def dalle_tokenizer(enc: nn.Module, arch: dict[str, int], image_size: int = 112)
 
 
 def save_tokenizer(path: Path, tok: Tokenizer) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in tok.net.state_dict().items()}
     meta = {"format": TOKENIZER_FORMAT, "kind": tok.kind, "config": json.dumps(tok.config)}
-    save_safetensors(Path(path), state, meta)
+    save_safetensors(Path(path), tok.net.state_dict(), meta)
 
 
 def load_tokenizer(path: Path) -> Tokenizer:

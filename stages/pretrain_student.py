@@ -49,7 +49,6 @@ def mae(params: Path, data: Path | None) -> Pretraining:
     import torch
 
     from mim.config import load_section, to_dict
-    from mim.datasets import read_manifest
     from mim.engine import RunConfig
     from mim.mae import MAE
     from mim.pretrain import MAEPretrainConfig, image_pretrain_task
@@ -59,7 +58,7 @@ def mae(params: Path, data: Path | None) -> Pretraining:
     cfg = load_section(params, "mae", MAEPretrainConfig)
     run = load_section(params, "run", RunConfig)
     torch.manual_seed(run.seed)
-    data = data or read_manifest().imagenet
+    data = data or dataset_root("imagenet")
     model = MAE(enc_cfg, cfg.model)
     task = image_pretrain_task(model, data / "train", enc_cfg.img_size, cfg.crop_scale, cfg.optim, run)
     config = {"encoder": to_dict(enc_cfg), "mae": to_dict(cfg), "seed": run.seed, "data": str(data)}
@@ -103,7 +102,6 @@ def beit(params: Path, data: Path | None) -> Pretraining:
     from mim.beit import BEiTConfig, beit_task
     from mim.checkpoint import file_sha256
     from mim.config import load_section, to_dict
-    from mim.datasets import read_manifest
     from mim.engine import RunConfig
     from mim.tokenizer import load_tokenizer
     from mim.vit import ViTConfig
@@ -111,7 +109,7 @@ def beit(params: Path, data: Path | None) -> Pretraining:
     enc_cfg = load_section(params, "encoder", ViTConfig)
     cfg = load_section(params, "beit", BEiTConfig)
     run = load_section(params, "run", RunConfig)
-    data = data or read_manifest().imagenet
+    data = data or dataset_root("imagenet")
     tok_path = Path("models/tokenizer/tokenizer.safetensors")
     tokenizer = load_tokenizer(tok_path)
     task = beit_task(cfg, enc_cfg, run, data / "train", tokenizer)
