@@ -1,5 +1,5 @@
-# Two entry points (see README): `make reproduce` and `make test`.
-# Both create .venv/ on first use; later runs reuse it until pyproject or the install script change.
+# Two entry points (see README): `make reproduce` and `make test` (which lints first; CI runs it).
+# Both create .venv/ on first use; later runs reuse it until pyproject or the install scripts change.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: reproduce test env clean-env
+.PHONY: reproduce test lint deps env clean-env
 
 env: $(STAMP)
 
@@ -23,7 +23,16 @@ reproduce: $(STAMP)
 	@echo
 	@cat results/teachers.md
 
-test: $(STAMP)
+# ruff, and dvc.yaml's code dependencies against the import graph of each stage's command
+lint: $(STAMP)
+	ruff check .
+	python scripts/dvc_deps.py --check
+
+# rewrite dvc.yaml's code dependencies from the import graph (after adding or moving an import)
+deps: $(STAMP)
+	python scripts/dvc_deps.py
+
+test: lint
 	pytest -q
 
 clean-env:

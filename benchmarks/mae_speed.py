@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from mim.mae import MAEConfig, mae_model
+from mim.methods.mae import MAE, MAEWithMaskTokensInEncoder
+from mim.methods.mae import ModelConfig as MAEConfig
 from mim.vit import vit_config
 
 
@@ -36,6 +37,10 @@ def time_steps(model: torch.nn.Module, batch: int, img: int, steps: int, warmup:
             walls.append(time.perf_counter() - t)
             cpus.append(time.process_time() - c)
     return statistics.median(walls), statistics.median(cpus)
+
+
+def mae_model(enc: object, cfg: MAEConfig, mask_tokens_in_encoder: bool) -> torch.nn.Module:
+    return (MAEWithMaskTokensInEncoder if mask_tokens_in_encoder else MAE)(enc, cfg)  # type: ignore[arg-type]
 
 
 def train_flops(enc: object, cfg: MAEConfig, in_encoder: bool) -> float:

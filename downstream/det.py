@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from detectron2 import model_zoo
@@ -47,11 +48,11 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import DictConfig, OmegaConf
 
 from downstream.vitdet_convert import load_into_vit, vit_kwargs
-from mim.checkpoint import claim_run_dir, file_sha256, write_json
+from mim.checkpoint import claim_run_dir, write_json
 from mim.config import to_dict
-from mim.engine import RunConfig
+from mim.encoder_file import EncoderFile
+from mim.engine import RunConfig, setup
 from mim.errors import DataError, MimError
-from mim.export import read_encoder
 from mim.vit import ViTConfig
 
 TASKS = ("bbox", "segm")
@@ -317,7 +318,7 @@ def run_key(job: DetectJob, classes: int) -> dict[str, Any]:
         "seed": job.run.seed,
         "coco": str(job.coco.root),
         "classes": classes,
-        "encoder_sha256": file_sha256(job.encoder),
+        "encoder_sha256": EncoderFile.read(job.encoder).sha256,
     }
 
 
@@ -340,13 +341,12 @@ def _prepare_checkpoint_dir(job: DetectJob, key: dict[str, Any], log: logging.Lo
 
 def train_and_evaluate(job: DetectJob, classes: int) -> dict[str, float | None]:
     """Train (or resume) and evaluate in this process; returns flat metrics on the main process."""
-    if job.run.threads:
-        torch.set_num_threads(job.run.threads)
+    setup(job.run, process_group=False)  # threads, in each of detectron2's worker processes
     log = setup_logger(str(job.log_dir), distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
     seed_all_rng(job.run.seed + comm.get_rank())
     register(job.coco)
-    enc_cfg, enc_state, _ = read_encoder(job.encoder)
-    cfg = build_config(job, enc_cfg, classes)
+    enc = EncoderFile.read(job.encoder)
+    cfg = build_config(job, enc.config, classes)
     key = run_key(job, classes)
     if comm.is_main_process():
         job.log_dir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +355,7 @@ def train_and_evaluate(job: DetectJob, classes: int) -> dict[str, float | None]:
     comm.synchronize()
 
     model = instantiate(cfg.model).to(cfg.train.device)
-    report = load_into_vit(model.backbone.net, enc_state)
+    report = load_into_vit(model.backbone.net, enc.state)
     log.info("backbone from %s: %s", job.encoder, report.summary())
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)

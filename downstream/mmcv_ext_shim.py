@@ -12,7 +12,8 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 NAME = "mmcv._ext"
 

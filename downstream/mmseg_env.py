@@ -19,8 +19,8 @@ class MissingDependency(MimError):
 def import_mmseg() -> types.ModuleType:
     """Import mmseg (after mmcv/mmengine and the `mmcv._ext` shim); MissingDependency if absent."""
     try:
-        import mmengine  # noqa: F401
         import mmcv  # noqa: F401
+        import mmengine  # noqa: F401
     except ImportError as e:
         raise MissingDependency(f"segmentation needs mmsegmentation, mmcv and mmengine ({e}); install them with: {INSTALL_HINT}") from None
     from downstream import mmcv_ext_shim
@@ -28,9 +28,9 @@ def import_mmseg() -> types.ModuleType:
     mmcv_ext_shim.install()
     try:
         import mmseg
-        import mmseg.models  # noqa: F401  registers UPerHead, FCNHead, EncoderDecoder, ...
         import mmseg.datasets  # noqa: F401
         import mmseg.evaluation  # noqa: F401
+        import mmseg.models  # noqa: F401  registers UPerHead, FCNHead, EncoderDecoder, ...
     except ImportError as e:
         raise MissingDependency(f"mmsegmentation does not import ({e}); reinstall with: {INSTALL_HINT}") from None
     return mmseg

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mim.data import IMAGENET_MEAN, IMAGENET_STD
-from mim.datasets import read_manifest, validate_ade20k
-from mim.engine import RunConfig
+from mim.data.images import IMAGENET_MEAN, IMAGENET_STD
+from mim.data.manifest import locate, read_manifest, validate_ade20k
+from mim.encoder_file import EncoderFile
+from mim.engine import RunConfig, setup
 from mim.errors import MimError
-from mim.export import read_encoder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,14 +60,20 @@ class SegData:
     classes: tuple[str, ...]  # label k (1..K in the PNGs) is classes[k-1]; 0 = other/ignore
 
 
-def find_data(manifest: Path) -> SegData:
-    """The ADE20K root and its K class names from data/manifest.json (written by prepare-data)."""
-    m = read_manifest(manifest)
-    validate_ade20k(m.ade20k)  # the layout, and a label PNG for every image (DataError otherwise)
-    k = m.ade20k_classes
-    names = list(m.class_names.get("ade20k", ()))[:k]
+def find_data(data: Path) -> SegData:
+    """The ADE20K root and its K class names: from data/manifest.json (written by prepare-data), or
+    from an ADEChallengeData2016 folder itself (objectInfo150.txt, else 150 unnamed classes)."""
+    data = Path(data)
+    root = locate(data, "ade20k")
+    info = validate_ade20k(root)  # the layout, and a label PNG for every image (DataError otherwise)
+    if data.is_dir():
+        k, names = int(info["classes"]), list(info["class_names"])
+    else:
+        m = read_manifest(data)
+        k = m.ade20k_classes
+        names = list(m.class_names.get("ade20k", ()))[:k]
     names += [f"class_{i}" for i in range(len(names) + 1, k + 1)]  # real ADE20K without objectInfo150.txt
-    return SegData(root=m.ade20k, classes=tuple(names))
+    return SegData(root=root, classes=tuple(names))
 
 
 # --- the mmseg config ---------------------------------------------------------------------------
@@ -81,7 +87,7 @@ def build_config(
     """The complete mmseg/mmengine config as a plain dict."""
     from downstream.seg_backbone import PYRAMID_STRIDES, pyramid_rescales  # noqa: PLC0415  (torch, timm: no mmseg)
 
-    vit, _, _ = read_encoder(encoder)
+    vit = EncoderFile.read(encoder).config
     if cfg.batch_size % world_size():
         raise MimError(f"segment.batch_size {cfg.batch_size} is not divisible by the {world_size()} processes")
     if len(cfg.out_blocks) != len(PYRAMID_STRIDES):
@@ -104,7 +110,8 @@ def build_config(
             seg_pad_val=255,
             size=crop,
         ),
-        backbone=dict(type="MimViT", encoder=str(encoder), out_blocks=list(cfg.out_blocks), img_size=cfg.crop_size, drop_path=cfg.drop_path),
+        backbone=dict(type="MimViT", encoder=str(encoder), out_blocks=list(cfg.out_blocks), img_size=cfg.crop_size,
+                      drop_path=cfg.drop_path),
         neck=dict(type="Feature2Pyramid", embed_dim=dim, rescales=pyramid_rescales(vit.patch_size), norm_cfg=norm),
         decode_head=dict(
             type="UPerHead",
@@ -167,7 +174,8 @@ def build_config(
     val_dataloader = dict(
         batch_size=1,
         sampler=dict(type="DefaultSampler", shuffle=False),
-        dataset=dict(**dataset, data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"), pipeline=test_pipeline),
+        dataset=dict(**dataset, data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"),
+                     pipeline=test_pipeline),
         **workers,
     )
     schedulers = [
@@ -218,37 +226,37 @@ def build_config(
 NOT_TRAINING = ("test_mode", "slide_stride", "val_interval", "checkpoint_interval", "log_interval")
 
 
-def run_key(cfg: SegmentConfig, run: RunConfig, manifest: Path, encoder: Path) -> dict[str, Any]:
+def run_key(cfg: SegmentConfig, run: RunConfig, data: Path, encoder: Path) -> dict[str, Any]:
     """What must be identical for mmengine to resume the checkpoints in work_dir."""
     import dataclasses  # noqa: PLC0415
 
     from mim.checkpoint import file_sha256  # noqa: PLC0415
 
+    data = Path(data)
     return {
         "segment": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TRAINING},
         "seed": run.seed,
-        "manifest_sha256": file_sha256(manifest),  # embedded data: holds a sha256 of every image
-        "encoder_sha256": file_sha256(encoder),
+        # a manifest of embedded data holds a sha256 of every image; a dataset folder is known by its path
+        "data": file_sha256(data) if data.is_file() else str(data.resolve()),
+        "encoder_sha256": EncoderFile.read(encoder).sha256,
     }
 
 
 # --- run -----------------------------------------------------------------------------------------
 def segment(
-    cfg: SegmentConfig, run: RunConfig, *, manifest: Path, encoder: Path, work_dir: Path, config_out: Path
+    cfg: SegmentConfig, run: RunConfig, *, data: Path, encoder: Path, work_dir: Path, config_out: Path
 ) -> tuple[dict[str, float], dict[str, list[Any]]]:
     """Train and evaluate; returns ({mIoU, mAcc, aAcc} in %, per-class {class, IoU, Acc} fractions)."""
-    import torch  # noqa: PLC0415
+    import torch  # noqa: I001  (seg_mm first: it checks the mmseg stack and installs the mmcv._ext stand-in)
 
-    from downstream import seg_mm  # noqa: PLC0415  (imports mmseg; MimError naming the install if absent)
-    from mmengine.config import Config  # noqa: PLC0415
+    from downstream import seg_mm  # MimError naming the install if absent
+    from mmengine.config import Config
+    from mim.checkpoint import atomic_write, claim_run_dir
 
-    from mim.checkpoint import atomic_write, claim_run_dir  # noqa: PLC0415
-
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    data = find_data(manifest)
-    mm_cfg = Config(build_config(cfg, run, data, encoder, work_dir, cuda=torch.cuda.is_available()))  # checks the encoder
-    if claim_run_dir(work_dir, run_key(cfg, run, manifest, encoder)):
+    setup(run, process_group=False)  # threads; mmengine's launcher joins the process group
+    seg_data = find_data(data)
+    mm_cfg = Config(build_config(cfg, run, seg_data, encoder, work_dir, cuda=torch.cuda.is_available()))  # checks the encoder
+    if claim_run_dir(work_dir, run_key(cfg, run, data, encoder)):
         print(f"{work_dir} held a run with another config, data or encoder: starting afresh", flush=True)
     atomic_write(config_out, lambda tmp: tmp.write_text(mm_cfg.pretty_text))
     seg_mm.safe_checkpoints()

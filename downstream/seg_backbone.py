@@ -1,6 +1,6 @@
 """A mimrepro student encoder as a segmentation backbone: multi-level NCHW features of a ViT.
 
-`MimViT` rebuilds the encoder from `models/<student>/encoder.safetensors` (mim/export.py),
+`MimViT` rebuilds the encoder from the student's encoder file (mim/encoder_file.py),
 interpolates its position embedding to the crop size, and returns the outputs of the chosen
 blocks (1-based, e.g. 4/6/8/12 of 12) as (N, D, H/p, W/p) maps, before any final norm, as
 BEiT's and MAE's segmentation backbones do.  mmseg's `Feature2Pyramid` neck (BEiT/MAE's
@@ -18,8 +18,8 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from mim.encoder_file import EncoderFile
 from mim.errors import MimError
-from mim.export import read_encoder
 from mim.vit import ViTConfig, ViTEncoder
 
 # Feature strides the UperNet head expects, relative to the input image (ViT-B/16 recipes).
@@ -51,7 +51,8 @@ class MimViT(nn.Module):
         drop_path: float = 0.1,
     ) -> None:
         super().__init__()
-        cfg, state, _ = read_encoder(Path(encoder))
+        f = EncoderFile.read(Path(encoder))
+        cfg, state = f.config, f.state
         out = tuple(int(b) for b in out_blocks)
         if not out or list(out) != sorted(out) or out[0] < 1 or out[-1] > cfg.depth:
             raise MimError(f"segment.out_blocks must be non-decreasing block numbers in 1..{cfg.depth}, got {list(out)}")
@@ -118,18 +119,3 @@ def _block_index(key: str) -> int:
     """Block number of a `blocks.N.*` key; -1 for every other key."""
     parts = key.split(".")
     return int(parts[1]) if parts[0] == "blocks" else -1
-
-
-def layer_id(name: str, num_layers: int) -> int:
-    """MAE's layer id for layer-wise lr decay: embeddings 0, block i -> i+1, the rest num_layers+1.
-
-    `name` is a parameter name of the whole segmentor (backbone.vit.blocks.3.attn.qkv.weight).
-    """
-    if not name.startswith("backbone."):
-        return num_layers + 1
-    rest = name.removeprefix("backbone.").removeprefix("vit.")
-    if rest in ("cls_token", "pos_embed") or rest.startswith("patch_embed."):
-        return 0
-    if rest.startswith("blocks."):
-        return int(rest.split(".")[1]) + 1
-    return num_layers + 1

@@ -1,7 +1,8 @@
 """mmseg/mmengine pieces of the segment stage, registered from our code (importing this needs mmseg).
 
 * `MimViT` (downstream/seg_backbone.py) in mmseg's MODELS registry;
-* `LayerDecayConstructor`: MAE's layer-wise lr decay as an mmengine optimizer-wrapper constructor;
+* `LayerDecayConstructor`: MAE's layer-wise lr decay (mim/param_groups.py) as an mmengine
+  optimizer-wrapper constructor;
 * `PerClassIoUMetric`: mmseg's IoUMetric that also keeps the per-class IoU/accuracy it prints;
 * `ConsoleRunner`: mmengine's Runner whose console skips the config/environment/hook dumps
   (its log file in the work dir keeps them; the config is also saved beside the metrics);
@@ -28,7 +29,8 @@ from mmseg.evaluation import IoUMetric  # noqa: E402
 from mmseg.registry import METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
 from torch import nn  # noqa: E402
 
-from downstream.seg_backbone import MimViT, layer_id  # noqa: E402
+from downstream.seg_backbone import MimViT  # noqa: E402
+from mim.param_groups import layer_decay_groups  # noqa: E402
 
 MODELS.register_module(name="MimViT", module=MimViT, force=True)
 
@@ -36,27 +38,13 @@ MODELS.register_module(name="MimViT", module=MimViT, force=True)
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
 class LayerDecayConstructor(DefaultOptimWrapperConstructor):
     """Per-parameter groups: lr x decay**(num_layers + 1 - layer_id); no weight decay on 1-D params,
-    biases, cls_token and pos_embed (MAE's `param_groups_lrd`). paramwise_cfg: {layer_decay: float}."""
+    cls_token and pos_embed (MAE's `param_groups_lrd`). paramwise_cfg: {layer_decay: float}."""
 
     def add_params(self, params: list[dict[str, Any]], module: nn.Module, **_: Any) -> None:
         decay = float(self.paramwise_cfg["layer_decay"])
         num_layers = module.backbone.num_layers  # blocks in the backbone
-        groups: dict[tuple[int, bool], dict[str, Any]] = {}  # (layer id, decayed?) -> group, as MAE
-        for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            lid = layer_id(name, num_layers)
-            decayed = not (p.ndim == 1 or name.endswith(".bias") or name.endswith(("cls_token", "pos_embed")))
-            group = groups.setdefault(
-                (lid, decayed),
-                {
-                    "params": [],
-                    "lr": self.base_lr * decay ** (num_layers + 1 - lid),
-                    "weight_decay": self.base_wd if decayed else 0.0,
-                },
-            )
-            group["params"].append(p)
-        params.extend(groups[k] for k in sorted(groups))
+        for g in layer_decay_groups(module, self.base_wd, decay, num_layers, prefix="backbone.vit."):
+            params.append({"params": g["params"], "lr": self.base_lr * g["lr_scale"], "weight_decay": g["weight_decay"]})
 
 
 @METRICS.register_module(force=True)

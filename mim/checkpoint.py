@@ -1,4 +1,5 @@
-"""Atomic checkpoint and metrics files: a crash never leaves a half-written output."""
+"""Files on disk: atomic writes (a crash never leaves a half-written output), resume checkpoints
+that load with `torch.load(weights_only=True)`, and deterministic safetensors files read in one pass."""
 from __future__ import annotations
 
 import hashlib
@@ -6,9 +7,11 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 
 from mim.errors import MimError
@@ -103,6 +106,34 @@ def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] |
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data section starts 8-byte aligned
     return len(head).to_bytes(8, "little") + head + b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class SafetensorsFile:
+    """One safetensors file, read once: its tensors, its metadata and the sha256 of its bytes."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    sha256: str
+
+
+def read_safetensors(path: Path, what: str) -> SafetensorsFile:
+    """Read `path` in one pass; `what` names the file in errors ("encoder", "teacher weights", ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MimError(f"{what} file not found: {path}")
+    data = path.read_bytes()
+    try:
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n]) if 8 + n <= len(data) else None
+        if not isinstance(header, dict):
+            raise ValueError("no safetensors header")
+        state = safetensors.torch.load(data)
+    except Exception as e:  # truncated file, not a safetensors file, corrupt header
+        raise MimError(f"cannot read {what} {path}: {e}") from None
+    meta = header.get("__metadata__") or {}
+    return SafetensorsFile(path, state, {str(k): str(v) for k, v in meta.items()}, hashlib.sha256(data).hexdigest())
 
 
 def save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -1,49 +1,19 @@
-"""Typed, frozen configuration: YAML sections -> dataclasses that reject unknown keys.
+"""Typed, frozen configuration: plain data (a params section) -> dataclasses that reject unknown keys.
 
-Nothing in `mim/` reads YAML on its own: stages call `load_section(path, "mae", MAEConfig)`
-and hand the resulting frozen dataclass to library code.  Every error names the file and
-the dotted key so a typo in `params/*.yaml` is a one-line message, not a traceback.
+Nothing in `mim/` reads YAML: the stages read `params/<profile>.yaml` (stages/params.py) and
+hand each section to `from_dict`, which builds the frozen dataclass the library takes.  Every
+error names the file and the dotted key, so a typo in a params file is a one-line message.
 """
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
-from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
-from mim.errors import MimError
+from mim.errors import ConfigError
 
 T = TypeVar("T")
-
-
-class ConfigError(MimError, ValueError):
-    """A params file is missing, unreadable, or does not match its dataclass."""
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def load_section(path: str | Path, section: str, cls: type[T]) -> T:
-    """Load `section` (dotted, e.g. "finetune.mae") of YAML file `path` into dataclass `cls`."""
-    node: Any = read_yaml(path)
-    for part in section.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"{path}: missing section '{section}'")
-        node = node[part]
-    return from_dict(cls, node, where=f"{path}: {section}")
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
@@ -67,8 +37,7 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
                 raise ConfigError(f"{where}.{name}: required key is missing")
             continue
         kwargs[name] = _coerce(hints[name], data[name], f"{where}.{name}")
-    obj = cls(**kwargs)
-    return obj
+    return cls(**kwargs)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

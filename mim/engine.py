@@ -1,8 +1,8 @@
-"""The training loop shared by every stage: schedules, AMP, accumulation, checkpoint/resume, logs.
+"""The training loop shared by every stage: set-up, schedules, AMP, accumulation, checkpoint/resume, logs.
 
-A method hands `fit` a `Task`: the module to train, a `step(model, batch) -> (loss, logs)`
-function, a deterministic `loader(epoch)`, and optional hooks (EMA update, evaluation).
-`fit` owns the rest so every stage resumes the same way:
+A method builds a `Task` with `make_task` (the set-up every method shares: the batch check,
+the deterministic per-epoch loader, weight-decay groups, seeding before the model is built)
+and the stage hands it to `fit`, which owns the rest so every stage resumes the same way:
 
 * the checkpoint (state_dicts + the resolved config as plain data) is written atomically at
   the end of every epoch; it loads with `torch.load(weights_only=True)`;
@@ -16,20 +16,24 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import os
+import random
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset
 
 from mim.checkpoint import load_checkpoint, save_checkpoint
+from mim.data.images import epoch_seed, make_loader
 from mim.errors import MimError
+from mim.param_groups import weight_decay_groups
 from mim.schedules import cosine_schedule
 
 
@@ -53,7 +57,12 @@ class OptimConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """How a run executes (not what it learns)."""
+    """How a run executes: the `run` params section.
+
+    `seed`, `amp` (bf16 on CUDA) and `num_workers` (each loader worker draws its own augmentation
+    stream) change what a training stage produces, so training stages depend on them in dvc.yaml;
+    `threads` only changes how fast it runs.
+    """
 
     seed: int = 0
     num_workers: int = 0
@@ -61,33 +70,44 @@ class RunConfig:
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
 
 
+Batch = Any
+StepFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, "torch.Tensor | float"]]]
+
+
 @dataclass
 class Task:
-    """What a method hands the engine."""
+    """What a method hands the engine.  `optim` None: nothing to train (the model is used as built)."""
 
     model: nn.Module
-    step: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor | float]]]
-    loader: Callable[[int], Iterable[Any]]  # epoch -> batches, deterministic given epoch
-    steps_per_epoch: int  # loader batches per epoch (before accumulation)
-    param_groups: list[dict[str, Any]]  # may carry "lr_scale" and "weight_decay"
+    optim: OptimConfig | None
+    step: StepFn | None = None
+    loader: Callable[[int], Iterable[Batch]] | None = None  # epoch -> batches, deterministic given epoch
+    steps_per_epoch: int = 0  # loader batches per epoch (before accumulation)
+    param_groups: list[dict[str, Any]] = field(default_factory=list)  # may carry "lr_scale" and "weight_decay"
+    on_epoch: Callable[[int], None] | None = None  # called with the epoch before its loader is made
     after_step: Callable[[int], None] | None = None  # called with the optimizer step index
     evaluate: Callable[[int], dict[str, float]] | None = None  # epoch -> metrics
     extra_state: dict[str, Any] = field(default_factory=dict)  # objects with state_dict()
+    info: dict[str, str] = field(default_factory=dict)  # facts about the run, recorded with its outputs
 
 
 def scaled_lr(cfg: OptimConfig) -> float:
     return cfg.base_lr * cfg.batch_size / 256
 
 
+# --- processes, threads, randomness ---------------------------------------------------------
 def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
 
-def init_distributed() -> None:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+def setup(run: RunConfig, process_group: bool = True) -> None:
+    """Once per process, before any work: CPU threads, and (unless a launcher of another library
+    does it, as detectron2's does) the process group under torchrun."""
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    if process_group and int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
             torch.cuda.set_device(device())
@@ -107,23 +127,64 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
+# --- building a task --------------------------------------------------------------------------
+def steps_for(n_items: int, batch_size: int, drop_last: bool = True) -> int:
+    """Loader batches per epoch for n_items split over this process."""
+    per_proc = n_items // world_size()
+    return per_proc // batch_size if drop_last else math.ceil(per_proc / batch_size)
 
 
-def fit(
-    task: Task,
+def local_batch(cfg: OptimConfig) -> int:
+    """Per-process loader batch so that processes x accumulation x it = cfg.batch_size."""
+    per = cfg.batch_size // (world_size() * cfg.accum_steps)
+    if per < 1 or per * world_size() * cfg.accum_steps != cfg.batch_size:
+        raise MimError(
+            f"batch_size {cfg.batch_size} is not divisible by processes ({world_size()}) x accum_steps ({cfg.accum_steps})"
+        )
+    return per
+
+
+def make_task(
+    build: Callable[[], nn.Module],
+    dataset: Dataset,
     optim: OptimConfig,
     run: RunConfig,
+    step: StepFn,
     *,
-    checkpoint: Path,
-    log_dir: Path,
-    config: dict[str, Any],
-    desc: str,
-) -> dict[str, float]:
-    """Train `task` for optim.epochs; returns the last epoch's metrics."""
-    if run.threads:
-        torch.set_num_threads(run.threads)
+    collate_fn: Callable[..., Any] | None = None,
+    param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+    no_decay: Iterable[str] = (),
+) -> Task:
+    """The set-up every method shares.
+
+    Checks that `dataset` holds at least one optimizer step, seeds every generator with
+    `run.seed` and calls `build()` (so the initial weights depend on the seed only), and makes
+    the deterministic per-epoch loader.  Param groups: `param_groups(model)`, or by default
+    weight decay on matrices only, with the parameters named in `no_decay` undecayed too.
+    """
+    batch = local_batch(optim)
+    steps = steps_for(len(dataset), batch)  # type: ignore[arg-type]
+    if steps < optim.accum_steps:
+        where = getattr(dataset, "root", "the dataset")
+        raise MimError(
+            f"{where} has {len(dataset)} images, fewer than one optimizer step of {optim.batch_size}; lower batch_size"  # type: ignore[arg-type]
+        )
+    seed_everything(run.seed)
+    model = build()
+
+    def loader(epoch: int) -> Iterable[Batch]:
+        return make_loader(dataset, batch, epoch=epoch, seed=run.seed, num_workers=run.num_workers, collate_fn=collate_fn)
+
+    groups = param_groups(model) if param_groups else weight_decay_groups(model, optim.weight_decay, no_decay)
+    return Task(model, optim, step, loader, steps, groups)
+
+
+# --- training ---------------------------------------------------------------------------------
+def fit(task: Task, run: RunConfig, *, checkpoint: Path, log_dir: Path, config: dict[str, Any], desc: str) -> dict[str, float]:
+    """Train `task` for task.optim.epochs; returns the last epoch's metrics."""
+    optim = task.optim
+    if optim is None or task.step is None or task.loader is None:
+        raise MimError(f"{desc}: nothing to train (the task has no optimizer, step or loader)")
     dev = device()
     model = task.model.to(dev)
     train_model: nn.Module = model
@@ -160,6 +221,8 @@ def fit(
         model.train()
         sums: dict[str, float] = {}
         n = 0
+        if task.on_epoch is not None:
+            task.on_epoch(epoch)
         progress = _progress(task.loader(epoch), total=task.steps_per_epoch, desc=f"{desc} {epoch + 1}/{optim.epochs}")
         opt.zero_grad(set_to_none=True)
         for i, batch in enumerate(progress):
@@ -212,11 +275,14 @@ def fit(
     return metrics
 
 
+LIBRARY = Path(__file__).parent
+
+
 def inputs_fingerprint(manifest: Path = Path("data/manifest.json")) -> str:
-    """sha256 of the library sources (mim/*.py) and the dataset manifest, if present."""
+    """sha256 of the library sources (every .py under mim/, subpackages included) and the dataset manifest."""
     h = hashlib.sha256()
-    for src in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(src.name.encode() + b"\0" + src.read_bytes())
+    for src in sorted(LIBRARY.rglob("*.py")):
+        h.update(src.relative_to(LIBRARY).as_posix().encode() + b"\0" + src.read_bytes())
     if manifest.is_file():
         h.update(manifest.read_bytes())
     return h.hexdigest()[:16]
@@ -230,20 +296,6 @@ def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.opt
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=scaled_lr(cfg), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise MimError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
-
-
-def param_groups_weight_decay(model: nn.Module, weight_decay: float, no_decay: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Two groups: weights decayed; biases, norms (1-D) and the named tokens not decayed."""
-    skip = set(no_decay)
-    decay, no = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip or name.split(".")[-1] in skip:
-            no.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
 def _to(batch: Any, dev: torch.device) -> Any:
@@ -275,19 +327,3 @@ def _progress(it: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
 def _say(msg: str) -> None:
     if is_main():
         print(msg, file=sys.stderr, flush=True)
-
-
-def steps_for(n_items: int, batch_size: int, drop_last: bool = True) -> int:
-    """Loader batches per epoch for n_items split over this process."""
-    per_proc = n_items // world_size()
-    return per_proc // batch_size if drop_last else math.ceil(per_proc / batch_size)
-
-
-def local_batch(cfg: OptimConfig) -> int:
-    """Per-process loader batch so that processes x accumulation x it = cfg.batch_size."""
-    per = cfg.batch_size // (world_size() * cfg.accum_steps)
-    if per < 1 or per * world_size() * cfg.accum_steps != cfg.batch_size:
-        raise MimError(
-            f"batch_size {cfg.batch_size} is not divisible by processes ({world_size()}) x accum_steps ({cfg.accum_steps})"
-        )
-    return per

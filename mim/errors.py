@@ -7,3 +7,7 @@ class MimError(Exception):
 
 class DataError(MimError):
     """A dataset path is missing, has the wrong layout, or holds an unreadable file."""
+
+
+class ConfigError(MimError, ValueError):
+    """A params file is missing, unreadable, or does not match its dataclass."""

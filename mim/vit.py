@@ -98,7 +98,7 @@ class ViTEncoder(nn.Module):
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a Linear layer (MAE)
         nn.init.normal_(self.cls_token, std=0.02)
-        self.apply(_init_module)
+        self.apply(init_module)
 
     # --- patches ---------------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -146,11 +146,21 @@ class ViTEncoder(nn.Module):
         x = self.forward_blocks(self.add_cls(x))
         return self.norm(x)
 
+    def forward_with_mask_token(self, imgs: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
+        """Encode every position, the masked ones (mask (N, L), 1 = masked) replaced by `mask_token`
+        (1, 1, D) before the position embedding is added (BEiT; MAE's "encoder w/ [M]" baseline).
+        Returns normed (N, 1+L, D)."""
+        x = self.patch_embed(imgs)  # (N, L, D)
+        w = mask.unsqueeze(-1).to(x.dtype)  # (N, L, 1)
+        x = x * (1 - w) + mask_token.to(x.dtype) * w + self.pos_embed[:, 1:, :]
+        return self.norm(self.forward_blocks(self.add_cls(x)))  # (N, 1+L, D)
+
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.forward_features(imgs)
 
 
-def _init_module(m: nn.Module) -> None:
+def init_module(m: nn.Module) -> None:
+    """MAE's init of a decoder or head layer: xavier-uniform Linear weights, zero biases, unit norms."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)
         if m.bias is not None:

@@ -1,0 +1,1 @@
+"""One click command per DVC stage (`mimrepro --help`); stages/cli.py registers them."""

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import click
 
-from mim.config import read_yaml
 from mim.errors import MimError
-from stages.common import PROFILE_FILE
+from stages.common import PROFILE_FILE, read_yaml
 
 PROFILES = ("smoke", "micro", "paper")
 
@@ -49,9 +48,9 @@ from stages.probe import probe  # noqa: E402
 from stages.segment import segment  # noqa: E402
 from stages.tables import tables  # noqa: E402
 from stages.token_diversity import token_diversity  # noqa: E402
-from stages.tokenizer import tokenizer  # noqa: E402
+from stages.tokenizer import convert_dalle, tokenizer  # noqa: E402
 
-for _command in (prepare_data, pretrain_teacher, import_teacher, token_diversity, tokenizer, pretrain_student,
+for _command in (prepare_data, pretrain_teacher, import_teacher, tokenizer, convert_dalle, pretrain_student, token_diversity,
                  finetune, probe, detect, segment, tables):
     main.add_command(_command)
 

@@ -1,15 +1,66 @@
-"""Shared pieces of the stage commands: the --params option and clean error reporting."""
+"""What every stage command shares: reading params files, the path options, process set-up.
+
+Params: `load(params, "mae", Config)` reads one section of a params file into the frozen
+dataclass the library takes (the only place YAML is read); every error names the file and the
+dotted key.  With MIMREPRO_PARAMS_LOG set, each section a command reads is appended to that
+file with the command line, so a test can check that dvc.yaml lists exactly what each stage reads.
+
+Process set-up and the training loop are in stages/run.py (so stages that train nothing do not
+depend on the engine's code).  Paths: artifacts are named in dvc.yaml and passed as options; the options here spell them the
+same way in every command (`--data`, `--encoder`, `--input`, `--out`, `--metrics`, `--run`).
+A training stage's `--run` folder holds its resume checkpoint and its dvclive logs.
+"""
 from __future__ import annotations
 
 import os
+import shlex
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TypeVar
 
 import click
+import yaml
 
-from mim.config import read_yaml
+from mim.errors import ConfigError
 
+T = TypeVar("T")
 PROFILE_FILE = Path("params/profile.yaml")
+
+
+# --- params files --------------------------------------------------------------------------------
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def section(path: str | Path, name: str) -> Any:
+    """The plain data of section `name` (dotted: "finetune.optim") of params file `path`."""
+    node: Any = read_yaml(path)
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{path}: missing section '{name}'")
+        node = node[part]
+    log = os.environ.get("MIMREPRO_PARAMS_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{shlex.join(sys.argv[1:])}\t{name}\n")
+    return node
+
+
+def load(path: str | Path, name: str, cls: type[T]) -> T:
+    """Section `name` of params file `path` as dataclass `cls` (unknown keys and wrong types rejected)."""
+    from mim.config import from_dict
+
+    return from_dict(cls, section(path, name), where=f"{path}: {name}")
 
 
 def default_params() -> str:
@@ -20,6 +71,10 @@ def default_params() -> str:
     if PROFILE_FILE.is_file():
         profile = str(read_yaml(PROFILE_FILE).get("profile", profile))
     return f"params/{profile}.yaml"
+
+
+# --- options ------------------------------------------------------------------------------------
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def params_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,14 +88,24 @@ def params_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-MANIFEST = Path("data/manifest.json")
+def data_option(what: str = "ImageNet-layout root with train/ and val/") -> Decorator:
+    return click.option("--data", type=click.Path(path_type=Path), required=True,
+                        help=f"data/manifest.json written by prepare-data, or a dataset folder ({what}).")
 
 
-def dataset_root(name: str, manifest: Path = MANIFEST) -> Path:
-    """Root of dataset `name` ("imagenet", "coco", "ade20k") as listed by prepare-data."""
-    from mim.datasets import read_manifest
-    from mim.errors import MimError
+def file_option(name: str, help: str, *, exists: bool = False) -> Decorator:
+    return click.option(name, type=click.Path(dir_okay=False, path_type=Path, exists=exists), required=True, help=help)
 
-    if name not in ("imagenet", "coco", "ade20k"):
-        raise MimError(f"no dataset {name!r} in the manifest; choose imagenet, coco or ade20k")
-    return Path(getattr(read_manifest(manifest), name))  # entries are {root, classes, ...} dicts
+
+def dir_option(name: str, help: str, dest: str | None = None) -> Decorator:
+    args = (name, dest) if dest else (name,)
+    return click.option(*args, type=click.Path(file_okay=False, path_type=Path), required=True, help=help)
+
+
+def encoder_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return file_option("--encoder", "Student encoder (.safetensors, written by pretrain-student).")(f)
+
+
+def run_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return dir_option("--run", "Folder of the run: its resume checkpoint (rewritten as it trains; resumed when the "
+                               "config, code and data are the same) and its logs.", dest="run_dir")(f)

@@ -1,23 +1,24 @@
-"""`mimrepro detect --student NAME`: COCO detection + instance segmentation (ViTDet Mask R-CNN)."""
+"""`mimrepro detect`: COCO detection + instance segmentation (ViTDet Mask R-CNN) of a student encoder."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from stages.common import params_option
+from stages.common import data_option, encoder_option, file_option, load, params_option, run_option
 
 
 @click.command("detect")
-@click.option("--student", required=True, help="Student name: reads models/<student>/encoder.safetensors.")
-@click.option("--coco", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="COCO-layout root with train2017/, val2017/, annotations/ (default: 'coco' in data/manifest.json).")
+@encoder_option
+@data_option("COCO-layout root with train2017/, val2017/, annotations/")
+@file_option("--metrics", "Box and mask AP on val2017 (.json).")
+@run_option
 @click.option("--num-gpus", type=click.IntRange(min=0), default=None,
               help="Processes for detectron2's launcher, one per GPU (default: every visible GPU; none = CPU).")
 @params_option
-def detect(student: str, coco: Path | None, num_gpus: int | None, params_path: Path) -> None:
-    """Train ViTDet Mask R-CNN from models/<student>/encoder.safetensors on COCO train2017; val2017
-    box and mask AP to metrics/detect/<student>.json (resumes from checkpoints/detect-<student>/)."""
+def detect(encoder: Path, data: Path, metrics: Path, run_dir: Path, num_gpus: int | None, params_path: Path) -> None:
+    """Train ViTDet Mask R-CNN from --encoder on COCO train2017; val2017 box and mask AP to --metrics
+    (resumes from --run, where detectron2's checkpoints, logs and config go)."""
     from downstream.det_install import hide_known_warnings, require_detectron2
 
     hide_known_warnings()
@@ -25,28 +26,25 @@ def detect(student: str, coco: Path | None, num_gpus: int | None, params_path: P
     import torch
 
     from downstream.det import CocoPaths, DetectConfig, DetectJob, run_detect
-    from mim.config import load_section
-    from mim.datasets import read_manifest
+    from mim.data.manifest import locate
+    from mim.encoder_file import EncoderFile
     from mim.engine import RunConfig
     from mim.errors import MimError
-    from mim.export import read_encoder
 
-    det = load_section(params_path, "detect", DetectConfig)
-    run = load_section(params_path, "run", RunConfig)
-    encoder = Path("models") / student / "encoder.safetensors"
-    read_encoder(encoder)  # clear error for a missing or corrupt file
-    paths = CocoPaths(root=coco or read_manifest().coco)
+    det = load(params_path, "detect", DetectConfig)
+    run = load(params_path, "run", RunConfig)  # set up in detectron2's worker processes
+    name = EncoderFile.read(encoder).metadata.get("student", encoder.parent.name)  # clear error for a bad file
+    paths = CocoPaths(root=locate(data, "coco"))
     paths.check()
     gpus = torch.cuda.device_count() if num_gpus is None else num_gpus
     if gpus > torch.cuda.device_count():
         raise MimError(f"--num-gpus {gpus}: only {torch.cuda.device_count()} GPU(s) visible")
-    run_name = f"detect-{student}"
-    job = DetectJob(student=student, encoder=encoder, coco=paths, det=det, run=run,
-                    checkpoint_dir=Path("checkpoints") / run_name, log_dir=Path("logs") / run_name)
-    m = run_detect(job, Path("metrics/detect") / f"{student}.json", gpus)
+    job = DetectJob(student=name, encoder=encoder, coco=paths, det=det, run=run,
+                    checkpoint_dir=run_dir / "checkpoints", log_dir=run_dir)
+    m = run_detect(job, metrics, gpus)
 
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}"
 
-    click.echo(f"{student}: COCO val2017 AP box {fmt(m['bbox_AP'])}  AP mask {fmt(m['segm_AP'])}  "
-               f"(metrics/detect/{student}.json, config logs/{run_name}/config.yaml)")
+    click.echo(f"{name}: COCO val2017 AP box {fmt(m['bbox_AP'])}  AP mask {fmt(m['segm_AP'])}  "
+               f"({metrics}, config {run_dir / 'config.yaml'})")

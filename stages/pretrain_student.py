@@ -1,166 +1,76 @@
 """`mimrepro pretrain-student --method NAME`: pretrain a student ViT and export its encoder.
 
-A method is one entry of `METHODS`: a function (params file, ImageNet-layout root or None =
-the manifest's) ->
-`Pretraining`, i.e. the encoder to export and, unless the method trains nothing
-(`scratch`), the engine `Task` that trains it.  Every method ends in the same file,
-`models/<student>/encoder.safetensors`, which every downstream stage reads.
+Every method (a module of mim/methods/, listed by `mim.methods.METHODS`) runs the same way:
+its params section, the shared `encoder` section and `run` go to `method.task(...)`; the
+engine trains the task; the model's `encoder` is written to --out, which every downstream
+stage reads.  A method with nothing to train (`scratch`) exports its encoder as built.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from stages.common import dataset_root, params_option
-
-if TYPE_CHECKING:
-    from mim.engine import OptimConfig, Task
-    from mim.vit import ViTEncoder
+from mim.methods import METHODS
+from stages.common import data_option, file_option, load, params_option, run_option, section
 
 
-@dataclass
-class Pretraining:
-    encoder: "ViTEncoder"  # exported after training (the task trains it in place)
-    config: dict[str, Any]  # resolved config as plain data (checkpoint identity for resume)
-    task: "Task | None" = None  # None: nothing to train
-    optim: "OptimConfig | None" = None
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-def scratch(params: Path, data: Path | None) -> Pretraining:
-    """Random initialisation, no training: the baseline every pretrained student must beat."""
-    import torch
-
-    from mim.config import load_section, to_dict
-    from mim.engine import RunConfig
-    from mim.vit import ViTConfig, ViTEncoder
-
-    enc_cfg = load_section(params, "encoder", ViTConfig)
-    run = load_section(params, "run", RunConfig)
-    torch.manual_seed(run.seed)
-    return Pretraining(ViTEncoder(enc_cfg), {"encoder": to_dict(enc_cfg), "seed": run.seed})
-
-
-def mae(params: Path, data: Path | None) -> Pretraining:
-    """MAE: random 75% masking, encoder on visible patches, pixel reconstruction (mim/mae.py)."""
-    import torch
-
-    from mim.config import load_section, to_dict
-    from mim.engine import RunConfig
-    from mim.mae import MAE
-    from mim.pretrain import MAEPretrainConfig, image_pretrain_task
-    from mim.vit import ViTConfig
-
-    enc_cfg = load_section(params, "encoder", ViTConfig)
-    cfg = load_section(params, "mae", MAEPretrainConfig)
-    run = load_section(params, "run", RunConfig)
-    torch.manual_seed(run.seed)
-    data = data or dataset_root("imagenet")
-    model = MAE(enc_cfg, cfg.model)
-    task = image_pretrain_task(model, data / "train", enc_cfg.img_size, cfg.crop_scale, cfg.optim, run)
-    config = {"encoder": to_dict(enc_cfg), "mae": to_dict(cfg), "seed": run.seed, "data": str(data)}
-    return Pretraining(model.encoder, config, task, cfg.optim)
-
-
-def img2vec(params: Path, data: Path | None, teacher: Path | None = None) -> Pretraining:
-    """Img2Vec: 60% block masking, regress a frozen teacher's tokens, multi-block + global loss (mim/img2vec.py)."""
-    import torch
-
-    from mim.config import load_section, to_dict
-    from mim.data import ImageFolder
-    from mim.engine import RunConfig
-    from mim.errors import MimError
-    from mim.checkpoint import file_sha256
-    from mim.img2vec import Img2VecConfig, build_task
-    from mim.pretrain import pretrain_transform
-    from mim.teachers import load_teacher
-    from mim.vit import ViTConfig
-
-    if teacher is None:
-        raise MimError("--method img2vec needs --teacher PATH (e.g. models/teacher/backbone.safetensors)")
-    enc_cfg = load_section(params, "encoder", ViTConfig)
-    cfg = load_section(params, "img2vec", Img2VecConfig)
-    run = load_section(params, "run", RunConfig)
-    frozen = load_teacher(teacher)
-    data = data or dataset_root("imagenet")
-    dataset = ImageFolder(data / "train", pretrain_transform(enc_cfg.img_size, cfg.crop_scale))
-    torch.manual_seed(run.seed)
-    task = build_task(cfg, enc_cfg, dataset, frozen, run)
-    geo = task.model.geo
-    config = {"encoder": to_dict(enc_cfg), "img2vec": to_dict(cfg), "seed": run.seed, "data": str(data),
-              "teacher": str(teacher), "teacher_sha256": file_sha256(teacher)}  # a new teacher never resumes
-    meta = {"teacher": str(teacher), "teacher_name": frozen.name, "mask_block_patches": str(geo.block),
-            "teacher_img_size": str(geo.teacher_img_size)}
-    return Pretraining(task.model.encoder, config, task, cfg.optim, meta)
-
-
-def beit(params: Path, data: Path | None) -> Pretraining:
-    """BEiT: blockwise masking, mask embedding before the encoder, visual-token prediction (mim/beit.py)."""
-    from mim.beit import BEiTConfig, beit_task
-    from mim.checkpoint import file_sha256
-    from mim.config import load_section, to_dict
-    from mim.engine import RunConfig
-    from mim.tokenizer import load_tokenizer
-    from mim.vit import ViTConfig
-
-    enc_cfg = load_section(params, "encoder", ViTConfig)
-    cfg = load_section(params, "beit", BEiTConfig)
-    run = load_section(params, "run", RunConfig)
-    data = data or dataset_root("imagenet")
-    tok_path = Path("models/tokenizer/tokenizer.safetensors")
-    tokenizer = load_tokenizer(tok_path)
-    task = beit_task(cfg, enc_cfg, run, data / "train", tokenizer)
-    digest = file_sha256(tok_path)  # a retrained tokenizer restarts the student
-    config = {"encoder": to_dict(enc_cfg), "beit": to_dict(cfg), "seed": run.seed, "data": str(data), "tokenizer": digest}
-    return Pretraining(task.model.encoder, config, task, cfg.optim, {"tokenizer": tokenizer.kind})
-
-
-# method name -> builder; BEiT and Img2Vec add one line each.
-METHODS: dict[str, Callable[..., Pretraining]] = {
-    "scratch": scratch,
-    "mae": mae,
-    "img2vec": img2vec,
-    "beit": beit,
-}
-TEACHER_METHODS = ("img2vec",)  # builders that take teacher=PATH (--teacher)
+def RUNTIME_IMPORTS(args: dict[str, str]) -> list[str]:  # noqa: N802  (read by scripts/dvc_deps.py)
+    """The module this command imports by name: the one of --method."""
+    return [METHODS[args["--method"]]]
 
 
 @click.command("pretrain-student")
-@click.option("--method", required=True, type=click.Choice(list(METHODS)), help="Pretraining method.")
-@click.option("--name", default=None, help="Student name for the outputs (default: the method).")
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="ImageNet-layout root with train/ (default: 'imagenet' in data/manifest.json).")
-@click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Frozen teacher weights (img2vec): a timm CNN backbone or a student encoder .safetensors.")
+@click.option("--method", required=True, type=click.Choice(list(METHODS)), help="Pretraining method (a module of mim/methods/).")
+@click.option("--name", required=True, help="Student name (progress output, the encoder's metadata).")
+@data_option("ImageNet-layout root with train/")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The file the method learns from besides the images (img2vec: its teacher, beit: its tokenizer). "
+                   "Methods that need none accept --data's manifest here, so every student's dvc.yaml entry has one shape.")
+@file_option("--out", "The student encoder (.safetensors, timm VisionTransformer keys).")
+@run_option
 @params_option
-def pretrain_student(method: str, name: str | None, data: Path | None, teacher: Path | None, params_path: Path) -> None:
-    """Pretrain a student (or initialise `scratch`) and write models/<student>/encoder.safetensors."""
-    import torch
-
-    from mim.config import load_section
-    from mim.engine import RunConfig, fit, init_distributed, is_main
+def pretrain_student(method: str, name: str, data: Path, input_path: Path | None, out: Path, run_dir: Path, params_path: Path) -> None:
+    """Pretrain a student (or initialise `scratch`) and write its encoder to --out."""
+    from mim import methods
+    from mim.config import to_dict
+    from mim.encoder_file import save_encoder
+    from mim.engine import is_main
     from mim.errors import MimError
-    from mim.export import save_encoder
+    from mim.vit import ViTConfig
+    from stages.run import fit_in, start
 
-    name = name or method
-    run = load_section(params_path, "run", RunConfig)
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    init_distributed()
-    extra = {"teacher": teacher} if teacher is not None else {}
-    if extra and method not in TEACHER_METHODS:
-        raise MimError(f"--teacher applies to {', '.join(TEACHER_METHODS)} only, not {method}")
-    job = METHODS[method](params_path, data, **extra)  # None: the manifest's ImageNet (scratch reads none)
-    if job.task is not None:
-        assert job.optim is not None
-        fit(job.task, job.optim, run, checkpoint=Path("checkpoints") / f"{name}.pt", log_dir=Path("logs") / name,
-            config=job.config, desc=f"pretrain {name}")
+    module = methods.load(method)
+    if module.Config is None:
+        if section(params_path, method):
+            raise MimError(f"{params_path}: {method} takes no params; leave its section empty ({{}})")
+        cfg = None
+    else:
+        cfg = load(params_path, method, module.Config)
+    encoder = load(params_path, "encoder", ViTConfig)
+    run = start(params_path)
+    if input_path is not None and module.INPUT is None and input_path != data:
+        raise MimError(f"--input applies to methods that learn from another model ({_with_input()}), not {method}")
+    if input_path is None and module.INPUT is not None:
+        raise MimError(f"--method {method} needs --input: {module.INPUT}")
+    inputs = methods.Inputs(encoder=encoder, run=run, data=data, input=input_path if module.INPUT else None)
+    t = module.task(cfg, inputs)
+    if t.optim is not None:
+        from mim.checkpoint import file_sha256
+
+        config = {"method": method, "encoder": to_dict(encoder), method: to_dict(cfg) if cfg else {}, "seed": run.seed,
+                  "data": str(data), **({"input_sha256": file_sha256(inputs.input)} if inputs.input else {})}
+        fit_in(t, run, run_dir, config, desc=f"pretrain {name}")
+    else:  # nothing to train: an empty run folder, so every student's DVC entry has one shape
+        run_dir.mkdir(parents=True, exist_ok=True)
     if is_main():
-        out = Path("models") / name / "encoder.safetensors"
-        epochs = str(job.optim.epochs if job.optim is not None else 0)  # shown next to the student's results
-        save_encoder(out, job.encoder.cpu(), extra={"student": name, "method": method, "params": str(params_path),
-                                                    "pretrain_epochs": epochs, **job.metadata})
+        epochs = str(t.optim.epochs if t.optim is not None else 0)  # shown next to the student's results
+        save_encoder(out, t.model.encoder.cpu(), extra={"student": name, "method": method, "params": str(params_path),
+                                                        "pretrain_epochs": epochs, **t.info})
         click.echo(f"{name}: encoder written to {out}")
+
+
+def _with_input() -> str:
+    from mim import methods
+
+    return ", ".join(m for m in methods.METHODS if methods.load(m).INPUT is not None)

@@ -1,19 +1,21 @@
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from mim.beit import BEiT, BEiTConfig, beit_task, check_config, export_beit
+from imagefolders import make_imagenet
 from mim.checkpoint import load_checkpoint
+from mim.encoder_file import EncoderFile, save_encoder
 from mim.engine import OptimConfig, RunConfig, fit
 from mim.errors import MimError
-from mim.export import load_encoder
 from mim.masking import blockwise_mask
-from mim.tokenizer import VQVAE, VQVAEConfig, vqvae_tokenizer
+from mim.methods import Inputs, beit
+from mim.methods.beit import BEiT, Config, DataConfig, ModelConfig, check_config, num_masked
+from mim.tokenizer.frozen import save_tokenizer, vqvae_tokenizer
+from mim.tokenizer.vqvae import VQVAE
+from mim.tokenizer.vqvae import ModelConfig as VQVAEConfig
 from mim.vit import ViTConfig
 
 ENC = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
@@ -65,43 +67,47 @@ def test_loss_ignores_unmasked_positions():
     mask = torch.zeros(2, 4, 4, dtype=torch.bool)
     mask[:, :2, :2] = True
     ids = torch.randint(16, (2, 4, 4))
-    loss, acc = model(imgs, ids, mask)
+    loss, logs = model(imgs, ids, mask)
     other = ids.clone()
     other[~mask] = (other[~mask] + 1) % 16
     assert torch.equal(model(imgs, other, mask)[0], loss)
     feats = model.forward_encoder(imgs, mask)[:, 1:]
     manual = F.cross_entropy(model.head(feats[mask.flatten(1)]), ids[mask])
-    assert torch.allclose(loss, manual, atol=1e-6) and 0 <= float(acc) <= 1
+    assert torch.allclose(loss, manual, atol=1e-6) and 0 <= float(logs["mask_acc"]) <= 1
     other = ids.clone()
     other[0, 0, 0] = (other[0, 0, 0] + 1) % 16
     assert not torch.equal(model(imgs, other, mask)[0], loss)
 
 
-def image_folder(root: Path, n: int = 8, size: int = 40) -> Path:
-    rng = np.random.default_rng(0)
-    for c in range(2):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(n // 2):
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
-    return root
+def test_mask_ratio_is_a_fraction_rounded_to_a_count():
+    assert num_masked(ModelConfig(mask_ratio=0.383), 14) == 75  # BEiT's 75 of 196
+    assert num_masked(ModelConfig(mask_ratio=0.4), 8) == 26  # smoke: 26 of 64
+    cfg = Config(model=ModelConfig(mask_ratio=0.0, min_num_patches=1), optim=OptimConfig(epochs=1, batch_size=4, base_lr=1e-3))
+    tok = vqvae_tokenizer(VQVAE(VQVAEConfig(image_size=16, downsample=4, vocab_size=32, code_dim=8, hidden=16)))
+    with pytest.raises(MimError, match="masks 0 of 16 patches"):
+        check_config(cfg, ENC, tok)
 
 
 def test_pretrain_resumes_identically_and_exports_timm_keys(tmp_path):
     torch.manual_seed(0)
     tok = vqvae_tokenizer(VQVAE(VQVAEConfig(image_size=16, downsample=4, vocab_size=32, code_dim=8, hidden=16)))
-    cfg = BEiTConfig(optim=OptimConfig(epochs=2, batch_size=4, base_lr=1e-3, betas=(0.9, 0.999)), num_masked=6, min_num_patches=2)
+    save_tokenizer(tmp_path / "tok.safetensors", tok)
+    cfg = Config(model=ModelConfig(mask_ratio=0.4, min_num_patches=2), data=DataConfig(),
+                 optim=OptimConfig(epochs=2, batch_size=4, base_lr=1e-3, betas=(0.9, 0.999)))
     run = RunConfig(seed=2)
-    data = image_folder(tmp_path / "imgs")
+    data = make_imagenet(tmp_path / "imgs", classes=2, train=4, val=1, size=40)
+    inputs = Inputs(encoder=ENC, run=run, data=data, input=tmp_path / "tok.safetensors")
 
     def train(where: Path, crash: bool = False):
-        task = beit_task(cfg, ENC, run, data, tok)
+        task = beit.task(cfg, inputs)
         if crash:
             task.evaluate = lambda epoch: (_ for _ in ()).throw(KeyboardInterrupt) if epoch == 1 else {}
-        metrics = fit(task, cfg.optim, run, checkpoint=where / "b.pt", log_dir=where / "logs", config={"c": 1}, desc="b")
+        metrics = fit(task, run, checkpoint=where / "b.pt", log_dir=where / "logs", config={"c": 1}, desc="b")
         return task, metrics
 
     full, metrics = train(tmp_path / "a")
     assert "train/mask_acc" in metrics and metrics["train/loss"] > 0
+    assert full.info == {"tokenizer": "vqvae"}
     no_decay = {id(p) for g in full.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     assert id(full.model.mask_token) in no_decay and id(full.model.encoder.cls_token) in no_decay
     assert id(full.model.head.weight) not in no_decay
@@ -111,8 +117,8 @@ def test_pretrain_resumes_identically_and_exports_timm_keys(tmp_path):
     resumed, _ = train(tmp_path / "b")
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
-    export_beit(full.model, tmp_path / "enc.safetensors")
-    enc = load_encoder(tmp_path / "enc.safetensors")
+    save_encoder(tmp_path / "enc.safetensors", full.model.encoder)
+    enc = EncoderFile.read(tmp_path / "enc.safetensors").build()
     assert enc.cfg.layer_scale == 0.1
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
                             embed_dim=32, depth=2, num_heads=2, init_values=0.1)
@@ -121,6 +127,6 @@ def test_pretrain_resumes_identically_and_exports_timm_keys(tmp_path):
 
 def test_tokenizer_grid_must_match_the_patch_grid():
     tok = vqvae_tokenizer(VQVAE(VQVAEConfig(image_size=32, downsample=4, vocab_size=32, code_dim=8, hidden=16)))
-    cfg = BEiTConfig(optim=OptimConfig(epochs=1, batch_size=4, base_lr=1e-3), num_masked=6, min_num_patches=2)
-    with pytest.raises(MimError, match="tokenizer.image_size = 16"):
+    cfg = Config(model=ModelConfig(mask_ratio=0.4, min_num_patches=2), optim=OptimConfig(epochs=1, batch_size=4, base_lr=1e-3))
+    with pytest.raises(MimError, match="tokenizer.model.image_size = 16"):
         check_config(cfg, ENC, tok)

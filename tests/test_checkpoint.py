@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from mim.checkpoint import save_safetensors, safetensors_bytes
+from mim.checkpoint import read_safetensors, safetensors_bytes, save_safetensors
 from mim.errors import MimError
 
 STATE = {
@@ -69,3 +69,18 @@ def test_claim_run_dir_keeps_same_run_and_empties_others(tmp_path):
     (unstamped / "last_checkpoint").write_text("iter_40.pth")  # a run nobody stamped
     assert claim_run_dir(unstamped, {"encoder": "a"}) is True
     assert sorted(p.name for p in unstamped.iterdir()) == ["run.json"]
+
+
+def test_read_safetensors_once_with_metadata_and_sha(tmp_path):
+    import hashlib
+
+    state = {"w": torch.arange(6.0).view(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64)}
+    save_safetensors(tmp_path / "f.safetensors", state, {"format": "x/1", "n": 3})
+    f = read_safetensors(tmp_path / "f.safetensors", "thing")
+    assert f.metadata == {"format": "x/1", "n": "3"} and all(torch.equal(f.state[k], state[k]) for k in state)
+    assert f.sha256 == hashlib.sha256((tmp_path / "f.safetensors").read_bytes()).hexdigest()
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "f.safetensors").read_bytes()[:40])  # truncated
+    with pytest.raises(MimError, match="cannot read thing .*cut.safetensors"):
+        read_safetensors(tmp_path / "cut.safetensors", "thing")
+    with pytest.raises(MimError, match="thing file not found"):
+        read_safetensors(tmp_path / "none.safetensors", "thing")

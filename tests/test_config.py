@@ -1,10 +1,12 @@
-from dataclasses import dataclass, FrozenInstanceError
+from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
 
 import pytest
 
-from mim.config import ConfigError, from_dict, load_section, to_dict
+from mim.config import from_dict, to_dict
 from mim.engine import OptimConfig
+from mim.errors import ConfigError
+from stages.common import load as load_section
 
 
 @dataclass(frozen=True, kw_only=True)

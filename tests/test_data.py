@@ -7,14 +7,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from mim import synth
-from mim.datasets import (
-    DataConfig, ImageNetData, SceneData, read_manifest, validate_ade20k, validate_coco, validate_imagenet,
-    write_data,
-)
+from mim.data import synth
+from mim.data.manifest import locate, read_manifest, validate_ade20k, validate_coco, validate_imagenet
+from mim.data.prepare import DatasetsConfig, ImageNetData, SceneData, write_data
 from mim.errors import DataError
 
-MICRO = DataConfig(
+MICRO = DatasetsConfig(
     seed=0,
     imagenet=ImageNetData(classes=3, train_per_class=3, val_per_class=2, image_size=32),
     coco=SceneData(classes=3, train_images=4, val_images=2, image_size=64, objects=(2, 4)),
@@ -38,7 +36,7 @@ def test_same_seed_same_bytes_other_seed_differs(micro, tmp_path):
     a, b = files(micro), files(tmp_path / "again")
     assert len(a) == 3 * 5 + 6 + 2 + 6 * 2 + 1 + 1  # imagenet + synsets, coco imgs + jsons, ade, manifest
     assert a == b
-    other = DataConfig(**{**MICRO.__dict__, "seed": 1})
+    other = DatasetsConfig(**{**MICRO.__dict__, "seed": 1})
     write_data(other, tmp_path / "other")
     c = files(tmp_path / "other")
     assert c.keys() == a.keys()
@@ -50,7 +48,7 @@ def test_same_seed_same_bytes_other_seed_differs(micro, tmp_path):
 def test_manifest_fingerprints_generated_files(micro, tmp_path):
     import shutil
 
-    from mim.datasets import tree_sha256
+    from mim.data.prepare import tree_sha256
 
     doc = json.loads((micro / "manifest.json").read_text())
     for name, rel in (("imagenet", "imagenet"), ("coco", "coco"), ("ade20k", "ade20k/ADEChallengeData2016")):
@@ -75,7 +73,7 @@ def test_manifest_roots_and_counts(micro):
 
 
 def test_imagenet_layout_reads_with_image_folder(micro):
-    from mim.data import ImageFolder
+    from mim.data.images import ImageFolder
 
     ds = ImageFolder(micro / "imagenet" / "train")
     assert ds.classes == ["n00000001", "n00000002", "n00000003"] and len(ds) == 9
@@ -199,20 +197,20 @@ def test_real_path_validation_errors(tmp_path, micro):
 
 
 def test_real_paths_only_write_the_manifest(tmp_path, micro):
-    cfg = DataConfig(imagenet=ImageNetData(root=str(micro / "imagenet")), coco=SceneData(root=str(micro / "coco")),
+    cfg = DatasetsConfig(imagenet=ImageNetData(root=str(micro / "imagenet")), coco=SceneData(root=str(micro / "coco")),
                      ade20k=SceneData(root=str(micro / "ade20k/ADEChallengeData2016")))
     m = write_data(cfg, tmp_path / "data")
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["manifest.json"]
     assert m.embedded == () and m.imagenet == micro / "imagenet" and m.coco_classes == 3
     assert m.ade20k_classes == 150  # real ADE20K without objectInfo150.txt: the benchmark's 150
-    bad = DataConfig(coco=SceneData(root=str(tmp_path / "missing")))
+    bad = DatasetsConfig(coco=SceneData(root=str(tmp_path / "missing")))
     with pytest.raises(DataError, match="COCO root .*missing: not a directory"):
         write_data(bad, tmp_path / "data")
     assert read_manifest(tmp_path / "data" / "manifest.json") == m  # failed run left the old data alone
 
 
 def test_corrupt_image_is_a_data_error(tmp_path):
-    from mim.data import open_rgb
+    from mim.data.images import open_rgb
 
     p = tmp_path / "broken.JPEG"
     p.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -267,10 +265,16 @@ def test_cli_writes_micro_data(tmp_path):
     assert read_manifest(tmp_path / "d" / "manifest.json").images["coco/train"] == 2
 
 
-def test_stage_dataset_root_reads_the_manifest(micro, tmp_path):
-    from stages.common import dataset_root
-
-    assert dataset_root("imagenet", micro / "manifest.json") == micro / "imagenet"
-    assert dataset_root("ade20k", micro / "manifest.json") == micro / "ade20k" / "ADEChallengeData2016"
-    with pytest.raises(DataError, match="manifest not found"):
-        dataset_root("coco", tmp_path / "none.json")
+def test_locate_reads_the_manifest_or_takes_a_folder(micro, tmp_path):
+    assert locate(micro / "manifest.json", "imagenet") == micro / "imagenet"
+    assert locate(micro / "manifest.json", "ade20k") == micro / "ade20k" / "ADEChallengeData2016"
+    assert locate(micro / "imagenet", "imagenet") == micro / "imagenet"  # a dataset folder given directly
+    with pytest.raises(DataError, match="manifest not found.*prepare-data"):
+        locate(tmp_path / "none.json", "coco")
+    with pytest.raises(DataError, match="not a dataset folder either"):
+        locate(tmp_path / "no_such_folder", "imagenet")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="neither a dataset folder nor a manifest"):
+        locate(tmp_path / "notes.txt", "imagenet")
+    with pytest.raises(DataError, match="no dataset 'cifar'"):
+        locate(micro / "manifest.json", "cifar")

@@ -11,12 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mim.config import load_section
+from mim.data.synth import write_coco
+from mim.encoder_file import save_encoder
 from mim.engine import RunConfig
 from mim.errors import MimError
-from mim.export import save_encoder
-from mim.synth import write_coco
 from mim.vit import ViTConfig, ViTEncoder
+from stages.common import load as load_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_D2 = importlib.util.find_spec("detectron2") is not None
@@ -158,23 +158,24 @@ def test_detect_stage_writes_all_metrics_and_resumes(tmp_path, monkeypatch):
     torch.manual_seed(0)
     save_encoder(Path("models/s/encoder.safetensors"), ViTEncoder(load_section(ROOT / "params/micro.yaml", "encoder", ViTConfig)))
     make_coco(tmp_path / "coco", n_train=2, n_val=2, size=64)
-    args = ["detect", "--student", "s", "--coco", "coco", "--params", str(ROOT / "params/micro.yaml")]
+    args = ["detect", "--encoder", "models/s/encoder.safetensors", "--data", "coco", "--metrics", "metrics/detect/s.json",
+            "--run", "runs/detect-s", "--params", str(ROOT / "params/micro.yaml")]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     metrics = json.loads(Path("metrics/detect/s.json").read_text())
     assert sorted(metrics) == sorted(f"{t}_{k}" for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
     assert all(v is None or 0.0 <= v <= 100.0 for v in metrics.values())
-    assert Path("checkpoints/detect-s/model_final.pth").is_file()
-    assert "total_loss" in json.loads(Path("logs/detect-s/metrics.json").read_text())["train"]  # dvclive
+    assert Path("runs/detect-s/checkpoints/model_final.pth").is_file()
+    assert "total_loss" in json.loads(Path("runs/detect-s/metrics.json").read_text())["train"]  # dvclive
     from detectron2.config import LazyConfig
 
-    saved = LazyConfig.load("logs/detect-s/config.yaml")  # the config it ran, reloadable
+    saved = LazyConfig.load("runs/detect-s/config.yaml")  # the config it ran, reloadable
     assert saved.train.max_iter == 2 and saved.model.backbone.net.depth == 2
     assert "COCO val2017 AP box" in first.output
 
     again = CliRunner().invoke(main, args)  # finished run: resumes at the end, evaluates only
     assert again.exit_code == 0, again.output
-    assert "resumed from" in Path("logs/detect-s/log.txt").read_text()
+    assert "resumed from" in Path("runs/detect-s/log.txt").read_text()
     assert json.loads(Path("metrics/detect/s.json").read_text()) == metrics
 
 
@@ -185,10 +186,12 @@ def test_detect_stage_errors_are_one_line(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     params = ["--params", str(ROOT / "params/micro.yaml")]
-    out = CliRunner().invoke(main, ["detect", "--student", "nope", "--coco", "coco", *params])
+    paths = ["--data", "coco", "--metrics", "m.json", "--run", "r"]
+    out = CliRunner().invoke(main, ["detect", "--encoder", "models/nope/encoder.safetensors", *paths, *params])
     assert out.exit_code == 1 and "encoder file not found" in out.output
     save_encoder(Path("models/s/encoder.safetensors"), ViTEncoder(TINY))
-    out = CliRunner().invoke(main, ["detect", "--student", "s", "--coco", "coco", *params])
+    (tmp_path / "coco").mkdir()
+    out = CliRunner().invoke(main, ["detect", "--encoder", "models/s/encoder.safetensors", *paths, *params])
     assert out.exit_code == 1 and "COCO layout incomplete" in out.output
 
 

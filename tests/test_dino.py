@@ -9,29 +9,28 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
+from imagefolders import make_imagenet
 from mim.checkpoint import load_checkpoint
-from mim.dino import (
+from mim.engine import OptimConfig, RunConfig, Task, fit
+from mim.errors import MimError
+from mim.param_groups import weight_decay_groups
+from mim.teacher.dino import (
     DINO,
-    CropConfig,
-    DINOConfig,
+    DataConfig,
     DINOHead,
     DINOLoss,
     HeadConfig,
+    ModelConfig,
     MultiCropAugmentation,
     collate_crops,
     momentum_schedule,
     teacher_temp_schedule,
 )
-from mim.dino_import import import_teacher
-from mim.engine import OptimConfig, RunConfig, Task, fit, param_groups_weight_decay
-from mim.errors import MimError
-from mim.teachers import load_teacher
+from mim.teacher.frozen import load_teacher
+from mim.teacher.official_dino import import_teacher
 
-TINY = DINOConfig(
-    arch="test_resnet",
-    head=HeadConfig(out_dim=64, hidden_dim=32, bottleneck_dim=16),
-    crops=CropConfig(global_size=32, local_size=16, n_local=2),
-)
+TINY = ModelConfig(arch="test_resnet", head=HeadConfig(out_dim=64, hidden_dim=32, bottleneck_dim=16))
+CROPS = DataConfig(global_size=32, local_size=16, n_local=2)
 
 
 def tiny_crops(b: int = 4) -> list[torch.Tensor]:
@@ -39,7 +38,7 @@ def tiny_crops(b: int = 4) -> list[torch.Tensor]:
 
 
 def test_multicrop_counts_and_sizes():
-    aug = MultiCropAugmentation(CropConfig(global_size=48, local_size=24, n_global=2, n_local=5))
+    aug = MultiCropAugmentation(DataConfig(global_size=48, local_size=24, n_global=2, n_local=5))
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8))
     crops = aug(img)
     assert [tuple(c.shape) for c in crops] == [(3, 48, 48)] * 2 + [(3, 24, 24)] * 5
@@ -97,7 +96,7 @@ def test_head_weight_norm_fixed_to_one():
 
 def test_teacher_no_grad_and_exact_ema():
     torch.manual_seed(0)
-    m = DINO(TINY)
+    m = DINO(TINY, CROPS)
     m.set_epoch(1, 2)  # last layer not frozen
     loss, _ = m(tiny_crops())
     loss.backward()
@@ -115,7 +114,7 @@ def test_teacher_no_grad_and_exact_ema():
 
 def test_last_layer_frozen_in_first_epoch():
     torch.manual_seed(0)
-    m = DINO(TINY)
+    m = DINO(TINY, CROPS)
     m.set_epoch(0, 2)
     m(tiny_crops())[0].backward()
     assert m.student.head.last_layer_direction.grad.abs().sum() == 0
@@ -123,21 +122,23 @@ def test_last_layer_frozen_in_first_epoch():
 
 
 def test_schedules():
-    cfg = DINOConfig(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=4)
+    cfg = ModelConfig(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=4)
     tt = teacher_temp_schedule(cfg, 10)
     assert len(tt) == 10 and tt[0] == 0.04 and np.allclose(tt[3:], 0.07)
-    mom = momentum_schedule(DINOConfig(), 100)
+    mom = momentum_schedule(ModelConfig(), 100)
     assert mom[0] == 0.996 and np.all(np.diff(mom) >= 0) and mom[-1] > 0.99999
+
+
+OPTIM = OptimConfig(epochs=2, batch_size=2, base_lr=0.03, optimizer="sgd", weight_decay=1e-4)
 
 
 def _dino_task(crash_after: int | None = None) -> tuple[Task, DINO]:
     torch.manual_seed(0)
-    model = DINO(TINY)
+    model = DINO(TINY, CROPS)
     data = [tiny_crops(2)]
     mom = momentum_schedule(TINY, 2)
 
     def loader(epoch):
-        model.set_epoch(epoch, 2)
         return [[c + 0.1 * epoch for c in crops] for crops in data]
 
     def evaluate(epoch):
@@ -145,22 +146,22 @@ def _dino_task(crash_after: int | None = None) -> tuple[Task, DINO]:
             raise KeyboardInterrupt
         return {}
 
-    task = Task(model, lambda m, b: m(b), loader, 1, param_groups_weight_decay(model.student, 1e-4),
-                after_step=lambda it: model.update_teacher(float(mom[it])), evaluate=evaluate)
+    task = Task(model, OPTIM, lambda m, b: m(b), loader, 1, weight_decay_groups(model.student, 1e-4),
+                on_epoch=lambda epoch: model.set_epoch(epoch, 2), after_step=lambda it: model.update_teacher(float(mom[it])),
+                evaluate=evaluate)
     return task, model
 
 
 def test_resume_identical(tmp_path):
-    optim = OptimConfig(epochs=2, batch_size=2, base_lr=0.03, optimizer="sgd", weight_decay=1e-4)
     kw = dict(config={"t": 1}, desc="dino")
     full, m_full = _dino_task()
-    fit(full, optim, RunConfig(), checkpoint=tmp_path / "a.pt", log_dir=tmp_path / "la", **kw)
+    fit(full, RunConfig(), checkpoint=tmp_path / "a.pt", log_dir=tmp_path / "la", **kw)
     crashed, _ = _dino_task(crash_after=1)
     with pytest.raises(KeyboardInterrupt):
-        fit(crashed, optim, RunConfig(), checkpoint=tmp_path / "b.pt", log_dir=tmp_path / "lb", **kw)
+        fit(crashed, RunConfig(), checkpoint=tmp_path / "b.pt", log_dir=tmp_path / "lb", **kw)
     assert load_checkpoint(tmp_path / "b.pt")["epoch"] == 0  # dies in epoch 2, after epoch 1 was saved
     resumed, m_res = _dino_task()
-    fit(resumed, optim, RunConfig(), checkpoint=tmp_path / "b.pt", log_dir=tmp_path / "lb", **kw)
+    fit(resumed, RunConfig(), checkpoint=tmp_path / "b.pt", log_dir=tmp_path / "lb", **kw)
     a, b = m_full.state_dict(), m_res.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.count_nonzero(m_res.loss.center) > 0  # the centre is part of the checkpoint
@@ -208,24 +209,13 @@ def test_import_mismatch_is_clear(tmp_path):
 
 
 # --- the stage, end to end on a few tiny images (micro-sized settings) --------------------------------
-def make_images(root: Path, classes: int = 2, train: int = 8, val: int = 2, size: int = 40) -> None:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train), ("val", val)):
-        for c in range(classes):
-            d = root / split / f"c{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = rng.integers(0, 80, (size, size, 3), dtype=np.uint8) + np.uint8(120 * c)
-                Image.fromarray(arr).save(d / f"{i}.png")
-
-
 PARAMS = """
 run: {seed: 0, num_workers: 0, amp: false, threads: 0}
-teacher:
-  dino:
+dino:
+  model:
     arch: test_resnet
     head: {out_dim: 32, hidden_dim: 16, bottleneck_dim: 8}
-    crops: {global_size: 32, local_size: 16, n_local: 1}
+  data: {global_size: 32, local_size: 16, n_local: 1}
   optim: {epochs: 2, batch_size: 4, base_lr: 0.03, optimizer: sgd, weight_decay: 1.0e-4}
 """
 
@@ -233,24 +223,25 @@ teacher:
 def test_pretrain_teacher_stage(tmp_path, monkeypatch):
     from stages.cli import main
 
-    make_images(tmp_path / "img")
+    make_imagenet(tmp_path / "img", classes=2, train=8, val=2, size=40)
     (tmp_path / "p.yaml").write_text(PARAMS)
     monkeypatch.chdir(tmp_path)
-    args = ["pretrain-teacher", "--params", "p.yaml", "--data", "img", "--name", "t", "--out", "m/b.safetensors"]
-    res = CliRunner().invoke(main, args)
+    args = ["pretrain-teacher", "--params", "p.yaml", "--name", "t", "--out", "m/b.safetensors", "--metrics", "t.json", "--run", "r"]
+    res = CliRunner().invoke(main, args + ["--data", "img"])
     assert res.exit_code == 0, res.output
-    m = json.loads(Path("metrics/teacher/t.json").read_text())
+    m = json.loads(Path("t.json").read_text())
     assert {"knn_top1", "teacher_entropy", "kl", "loss"} <= m.keys() and m["epochs"] == 2
-    assert load_checkpoint(Path("checkpoints/t.pt"))["epoch"] == 1
+    assert (m["train_images"], m["val_images"]) == (16, 4)
+    assert load_checkpoint(Path("r/checkpoint.pt"))["epoch"] == 1
     teacher = load_teacher(Path("m/b.safetensors"))
     assert teacher.name == "t" and teacher.tokens(torch.randn(1, 3, 64, 64)).shape == (1, 2, 2, 96)
-    res = CliRunner().invoke(main, ["pretrain-teacher", "--params", "p.yaml", "--data", "missing"])
-    assert res.exit_code == 1 and "image folder not found" in res.output
+    res = CliRunner().invoke(main, args + ["--data", "missing"])
+    assert res.exit_code == 1 and "dataset manifest not found: missing (not a dataset folder either)" in res.output
 
 
 def test_vit_option_multicrop_forward():
-    cfg = DINOConfig(arch="test_vit", head=HeadConfig(out_dim=16, hidden_dim=8, bottleneck_dim=4), crops=CropConfig(global_size=32, local_size=16, n_local=2))
-    m = DINO(cfg)
+    cfg = ModelConfig(arch="test_vit", head=HeadConfig(out_dim=16, hidden_dim=8, bottleneck_dim=4))
+    m = DINO(cfg, DataConfig(global_size=32, local_size=16, n_local=2))
     loss, _ = m(tiny_crops(2))  # global and local crops through one dynamic-size ViT
     loss.backward()
     assert torch.isfinite(loss) and m.student.backbone.patch_embed.proj.weight.grad is not None

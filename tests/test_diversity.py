@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
-from mim.diversity import DiversityMeter, token_diversity
-from mim.export import save_encoder
-from mim.teacher_report import write_teacher_table
-from mim.teachers import save_timm_backbone, timm_backbone
+from imagefolders import make_imagenet
+from mim.encoder_file import save_encoder
+from mim.eval.diversity import DiversityMeter, token_diversity
+from mim.report.teachers import write_teacher_table
+from mim.teacher.frozen import save_timm_backbone, timm_backbone
 from mim.vit import ViTConfig, ViTEncoder
 
 
@@ -58,15 +58,6 @@ def test_meter_streams_mean_and_std():
         token_diversity(torch.randn(2, 1, 4))
 
 
-def make_val(root: Path, n: int = 3, size: int = 40) -> None:
-    rng = np.random.default_rng(0)
-    for c in range(2):
-        d = root / "val" / f"c{c}"
-        d.mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
-
-
 PARAMS = """
 run: {seed: 0, num_workers: 0, amp: false, threads: 0}
 diversity: {img_size: 64, batch_size: 4, split: val, limit_per_class: 0}
@@ -76,7 +67,7 @@ diversity: {img_size: 64, batch_size: 4, split: val, limit_per_class: 0}
 def test_stage_scores_cnn_and_vit_teachers(tmp_path, monkeypatch):
     from stages.cli import main
 
-    make_val(tmp_path / "img")
+    make_imagenet(tmp_path / "img", classes=2, train=1, val=3, size=40)
     (tmp_path / "p.yaml").write_text(PARAMS)
     save_timm_backbone(tmp_path / "cnn.safetensors", timm_backbone("test_resnet"), "test_resnet")
     save_encoder(tmp_path / "vit.safetensors", ViTEncoder(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)))
@@ -84,12 +75,13 @@ def test_stage_scores_cnn_and_vit_teachers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # CNN at img_size 64 -> 2x2; our ViT at its own 32 px -> 4x4; timm ViT at its 160 px -> 10x10, no cls
     for name, n_tok in (("cnn", 4), ("vit", 16), ("tvit", 100)):
-        args = ["token-diversity", "--params", "p.yaml", "--data", "img", "--teacher", name, "--weights", f"{name}.safetensors"]
+        args = ["token-diversity", "--params", "p.yaml", "--data", "img", "--metrics", f"{name}.json", "--weights", f"{name}.safetensors"]
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 0, res.output
-        m = json.loads(Path(f"metrics/diversity/{name}.json").read_text())
+        m = json.loads(Path(f"{name}.json").read_text())
         assert m["num_images"] == 6 and m["tokens_per_image"] == n_tok and 0 <= m["diversity"] <= 2 and m["params_m"] > 0
-    res = CliRunner().invoke(main, ["token-diversity", "--params", "p.yaml", "--data", "img", "--teacher", "x", "--weights", "none.st"])
+    args = ["token-diversity", "--params", "p.yaml", "--data", "img", "--metrics", "x.json", "--weights", "none.st"]
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 1 and "not found" in res.output
 
 
@@ -97,8 +89,10 @@ def test_teacher_table(tmp_path):
     m = tmp_path / "metrics"
     (m / "diversity").mkdir(parents=True)
     (m / "finetune").mkdir()
-    (m / "diversity" / "dino_rn50.json").write_text(json.dumps({"diversity": 0.6, "std": 0.05, "params_m": 23.5, "tokens_per_image": 49, "num_images": 10}))
-    (m / "diversity" / "mae_vit.json").write_text(json.dumps({"diversity": 0.3, "std": 0.02, "params_m": 85.8, "tokens_per_image": 196, "num_images": 10}))
+    (m / "diversity" / "dino_rn50.json").write_text(
+        json.dumps({"diversity": 0.6, "std": 0.05, "params_m": 23.5, "tokens_per_image": 49, "num_images": 10}))
+    (m / "diversity" / "mae_vit.json").write_text(
+        json.dumps({"diversity": 0.3, "std": 0.02, "params_m": 85.8, "tokens_per_image": 196, "num_images": 10}))
     (m / "finetune" / "img2vec-mae_vit.json").write_text(json.dumps({"top1": 71.25}))
     rows = write_teacher_table(m, tmp_path / "results")
     assert [r["teacher"] for r in rows] == ["dino_rn50", "mae_vit"]

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from mim.checkpoint import load_checkpoint
-from mim.engine import OptimConfig, RunConfig, Task, fit, param_groups_weight_decay
+from mim.engine import OptimConfig, RunConfig, Task, fit, inputs_fingerprint, make_task
+from mim.errors import MimError
+from mim.param_groups import weight_decay_groups
 from mim.schedules import cosine_schedule
 
 OPTIM = OptimConfig(epochs=3, batch_size=4, base_lr=0.5, warmup_epochs=1, weight_decay=0.05)
@@ -18,7 +20,7 @@ class Boom(Exception):
     pass
 
 
-def make_task(crash_after_epoch: int | None = None) -> Task:
+def toy_task(crash_after_epoch: int | None = None, optim: OptimConfig = OPTIM) -> Task:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 1))
     data = torch.randn(16, 4)
@@ -36,21 +38,21 @@ def make_task(crash_after_epoch: int | None = None) -> Task:
             raise Boom
         return {"val": float(epoch)}
 
-    return Task(model, step, loader, 4, param_groups_weight_decay(model, 0.05), evaluate=evaluate)
+    return Task(model, optim, step, loader, 4, weight_decay_groups(model, 0.05), evaluate=evaluate)
 
 
-def run(task: Task, tmp: Path, optim: OptimConfig = OPTIM, config: dict | None = None):
-    return fit(task, optim, RUN, checkpoint=tmp / "ckpt.pt", log_dir=tmp / "logs", config=config or {"a": 1}, desc="t")
+def run(task: Task, tmp: Path, config: dict | None = None):
+    return fit(task, RUN, checkpoint=tmp / "ckpt.pt", log_dir=tmp / "logs", config=config or {"a": 1}, desc="t")
 
 
 def test_resume_after_crash_gives_identical_weights(tmp_path):
-    full = make_task()
+    full = toy_task()
     run(full, tmp_path / "full")
-    crashed = make_task(crash_after_epoch=1)  # dies during epoch 2, after epoch 1 was saved
+    crashed = toy_task(crash_after_epoch=1)  # dies during epoch 2, after epoch 1 was saved
     with pytest.raises(Boom):
         run(crashed, tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "ckpt.pt")["epoch"] == 0
-    resumed = make_task()
+    resumed = toy_task()
     metrics = run(resumed, tmp_path / "resumed")
     assert metrics["val"] == 2.0
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
@@ -60,28 +62,28 @@ def test_resume_after_crash_gives_identical_weights(tmp_path):
 
 
 def test_other_config_starts_afresh(tmp_path):
-    run(make_task(), tmp_path)
-    t = make_task()
+    run(toy_task(), tmp_path)
+    t = toy_task(optim=OptimConfig(epochs=1, batch_size=4, base_lr=0.0))
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
-    run(t, tmp_path, optim=OptimConfig(epochs=1, batch_size=4, base_lr=0.0), config={"a": 2})
+    run(t, tmp_path, config={"a": 2})
     assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())  # lr 0: trained afresh, not loaded
     assert load_checkpoint(tmp_path / "ckpt.pt")["config"]["a"] == 2
 
 
 def test_changed_library_or_data_starts_afresh(tmp_path, monkeypatch):
-    run(make_task(), tmp_path / "r")
+    run(toy_task(), tmp_path / "r")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "manifest.json").write_text('{"params": {"seed": 1}}')  # data regenerated
-    t = make_task()
+    t = toy_task(optim=OptimConfig(epochs=3, batch_size=4, base_lr=0.0))
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
-    run(t, tmp_path / "r", optim=OptimConfig(epochs=3, batch_size=4, base_lr=0.0))
+    run(t, tmp_path / "r")
     assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())  # not the old weights
 
 
 def test_no_weight_decay_on_biases_and_norms():
     m = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
-    no, decay = param_groups_weight_decay(m, 0.1)
+    no, decay = weight_decay_groups(m, 0.1)
     assert [p.shape for p in decay["params"]] == [torch.Size([3, 3])]
     assert no["weight_decay"] == 0.0 and len(no["params"]) == 3
 
@@ -90,3 +92,37 @@ def test_cosine_schedule_shape():
     s = cosine_schedule(1.0, 0.1, 10, 2)
     assert len(s) == 10 and s[0] == 0.0 and s[2] == 1.0 and np.isclose(s[-1], 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 7 / 8)))
     assert np.all(np.diff(s[2:]) <= 0)
+
+
+def test_fingerprint_covers_every_library_file_in_subpackages(tmp_path, monkeypatch):
+    import mim.engine
+
+    lib = tmp_path / "mim"
+    (lib / "methods").mkdir(parents=True)
+    (lib / "engine.py").write_text("a = 1\n")
+    (lib / "methods" / "mae.py").write_text("b = 1\n")
+    monkeypatch.setattr(mim.engine, "LIBRARY", lib)
+    monkeypatch.chdir(tmp_path)
+    before = inputs_fingerprint()
+    (lib / "methods" / "mae.py").write_text("b = 2\n")  # a file two folders down changed
+    changed = inputs_fingerprint()
+    assert changed != before
+    (lib / "methods" / "mae.py").rename(lib / "mae.py")  # the same file, moved
+    assert inputs_fingerprint() != changed
+
+
+def test_make_task_checks_the_batch_seeds_the_build_and_skips_norms():
+    data = torch.utils.data.TensorDataset(torch.randn(10, 4))
+    optim = OptimConfig(epochs=1, batch_size=4, accum_steps=2, base_lr=0.1)
+    step = lambda m, b: (m(b[0]).pow(2).mean(), {})
+    build = lambda: nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    a = make_task(build, data, optim, RunConfig(seed=5), step)
+    b = make_task(build, data, optim, RunConfig(seed=5), step)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert a.optim is optim and a.steps_per_epoch == 5  # loader batches of 4 / accum 2 = 2 images
+    assert [len(x[0]) for x in a.loader(0)] == [2] * 5
+    no, decay = a.param_groups
+    assert len(decay["params"]) == 1 and len(no["params"]) == 3 and no["weight_decay"] == 0
+    assert [x[0].tolist() for x in a.loader(1)] == [x[0].tolist() for x in b.loader(1)]  # deterministic per epoch
+    with pytest.raises(MimError, match="10 images, fewer than one optimizer step of 32"):
+        make_task(build, data, OptimConfig(epochs=1, batch_size=32, base_lr=0.1), RunConfig(), step)

@@ -5,9 +5,11 @@ import torch
 from click.testing import CliRunner
 
 from imagefolders import make_imagenet
-from mim.export import save_encoder
-from mim.finetune import ViTClassifier, layer_decay_groups, layer_id
-from mim.probe import LARS, knn_classify, linear_probe, LinearProbeConfig, topk_accuracy
+from mim.encoder_file import save_encoder
+from mim.eval.finetune import ViTClassifier
+from mim.eval.knn import knn_classify, topk_accuracy
+from mim.eval.probe import LARS, LinearProbeConfig, linear_probe
+from mim.param_groups import layer_decay_groups, vit_layer_id
 from mim.vit import ViTConfig, ViTEncoder
 from stages.cli import main
 
@@ -16,7 +18,7 @@ ENC = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
 def test_layer_decay_groups():
     model = ViTClassifier(ViTEncoder(ENC), 5)
-    groups = layer_decay_groups(model, 0.05, 0.5)
+    groups = layer_decay_groups(model, 0.05, 0.5, depth=2, prefix="encoder.")
     by_name = {n: g for g in groups for n in g["names"]}
     assert len(by_name) == sum(1 for p in model.parameters() if p.requires_grad)  # each trainable one once
     assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == 0.5**3
@@ -25,7 +27,9 @@ def test_layer_decay_groups():
     assert by_name["encoder.blocks.1.mlp.fc1.weight"]["lr_scale"] == 0.5
     assert by_name["head.weight"]["lr_scale"] == 1.0 and by_name["head.weight"]["weight_decay"] == 0.05
     assert by_name["fc_norm.weight"]["weight_decay"] == 0 and by_name["head.bias"]["weight_decay"] == 0
-    assert layer_id("encoder.blocks.1.norm1.bias", 2) == 2
+    assert vit_layer_id("encoder.blocks.1.norm1.bias", 2, "encoder.") == 2
+    assert vit_layer_id("backbone.vit.patch_embed.proj.weight", 12, "backbone.vit.") == 0  # the segmentation backbone
+    assert vit_layer_id("decode_head.conv_seg.weight", 12, "backbone.vit.") == 13
 
 
 def test_classifier_global_pool_drops_final_norm():
@@ -36,8 +40,8 @@ def test_classifier_global_pool_drops_final_norm():
 
 
 def test_randaug_posterize_never_zero_bits():
-    from mim.finetune import FinetuneConfig, finetune_transforms
     from mim.engine import OptimConfig
+    from mim.eval.finetune import FinetuneConfig, finetune_transforms
 
     train, _ = finetune_transforms(32, FinetuneConfig(optim=OptimConfig(epochs=1, batch_size=2, base_lr=1.0)))
     ops = [op for t in train.transforms for op in getattr(t, "ops", []) if op.name.startswith("Posterize")]
@@ -52,7 +56,7 @@ def test_randaug_posterize_never_zero_bits():
 
 def test_finetune_crop_scale_reaches_random_resized_crop():
     from mim.engine import OptimConfig
-    from mim.finetune import FinetuneConfig, finetune_transforms
+    from mim.eval.finetune import FinetuneConfig, finetune_transforms
 
     cfg = FinetuneConfig(optim=OptimConfig(epochs=1, batch_size=2, base_lr=1.0), crop_scale=(0.5, 1.0))
     train, _ = finetune_transforms(32, cfg)
@@ -114,14 +118,16 @@ def test_finetune_and_probe_stages_write_metrics(tmp_path, monkeypatch):
     save_encoder(tmp_path / "models/s/encoder.safetensors", ViTEncoder(ENC), extra={"pretrain_epochs": "7"})
     (tmp_path / "p.yaml").write_text(PARAMS)
     r = CliRunner()
-    res = r.invoke(main, ["finetune", "--student", "s", "--data", str(data), "--params", "p.yaml"])
+    enc = ["--encoder", "models/s/encoder.safetensors", "--data", str(data), "--params", "p.yaml"]
+    res = r.invoke(main, ["finetune", *enc, "--metrics", "ft.json", "--run", "runs/ft"])
     assert res.exit_code == 0, res.output
-    ft = json.loads((tmp_path / "metrics/finetune/s.json").read_text())
+    ft = json.loads((tmp_path / "ft.json").read_text())
     assert set(ft) == {"top1", "top5", "epochs", "labels_per_class", "pretrain_epochs"} and ft["top5"] == 100.0  # 3 classes
     assert ft["pretrain_epochs"] == 7  # from the encoder's metadata, for the results table
-    res = r.invoke(main, ["probe", "--student", "s", "--data", str(data), "--params", "p.yaml"])
+    res = r.invoke(main, ["probe", *enc, "--metrics", "pr.json"])
     assert res.exit_code == 0, res.output
-    pr = json.loads((tmp_path / "metrics/probe/s.json").read_text())
+    pr = json.loads((tmp_path / "pr.json").read_text())
     assert {"linear_top1", "knn_top1"} <= set(pr) and all(0 <= v <= 100 for v in pr.values())
-    res = r.invoke(main, ["probe", "--student", "missing", "--data", str(data), "--params", "p.yaml"])
+    res = r.invoke(main, ["probe", "--encoder", "models/missing/encoder.safetensors", "--data", str(data), "--params", "p.yaml",
+                          "--metrics", "pr.json"])
     assert res.exit_code == 1 and "encoder file not found" in res.output

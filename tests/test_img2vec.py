@@ -7,14 +7,15 @@ from torch import nn
 from mim.checkpoint import load_checkpoint
 from mim.engine import OptimConfig, RunConfig, fit
 from mim.errors import MimError
-from mim.img2vec import Img2VecConfig, build_model, build_task, resolve_geometry, smooth_l1, teacher_targets
 from mim.masking import block_masking, patches_to_blocks
-from mim.teachers import Teacher, timm_backbone
+from mim.methods.img2vec import Config, ModelConfig, build_model, build_task, resolve_geometry, smooth_l1, teacher_targets
+from mim.teacher.frozen import Teacher
 from mim.vit import ViTConfig, ViTEncoder
 
 ENC = ViTConfig(img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2)  # 8x8 patches
 OPTIM = OptimConfig(epochs=2, batch_size=4, base_lr=1e-3, warmup_epochs=1)
-CFG = Img2VecConfig(optim=OPTIM, block_size=2, decoder_dim=32, decoder_heads=2, head_hidden=16)
+CFG = ModelConfig(block_size=2, decoder_dim=32, decoder_heads=2, head_hidden=16)
+SECTION = Config(model=CFG, optim=OPTIM)
 
 
 class GridTeacher(nn.Module):
@@ -120,7 +121,7 @@ def test_vit_teacher_tokens_pooled_onto_blocks():
 def test_teacher_frozen_no_grad_eval(tmp_path):
     t = tiny_teacher()
     before = {k: v.clone() for k, v in t.state_dict().items()}  # BatchNorm running stats included
-    task = build_task(CFG, ENC, torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32)), t, RunConfig())
+    task = build_task(SECTION, ENC, torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32)), t, RunConfig())
     task.model.train()
     t.train()
     assert not t.training and not t.backbone.bn.training
@@ -136,7 +137,7 @@ def test_smooth_l1_beta_two_closed_form():
     x = torch.tensor([0.0, 1.0, 1.9, 3.0, -5.0])
     expected = torch.tensor([0.0, 0.25, 0.5 * 1.9**2 / 2, 3.0 - 1.0, 5.0 - 1.0])  # 0.5x^2/b | |x|-b/2
     assert torch.allclose(smooth_l1(x, torch.zeros(5), beta=2.0), expected)
-    assert Img2VecConfig(optim=OPTIM).beta == 2.0  # the paper's default
+    assert ModelConfig().beta == 2.0  # the paper's default
 
 
 def test_patch_loss_uses_beta():
@@ -209,7 +210,7 @@ def test_concat_merge_and_shapes_backward():
     imgs = torch.randn(2, 3, 32, 32)
     loss, logs = model(imgs, teacher_targets(t, imgs, model.geo))
     loss.backward()
-    assert torch.isfinite(loss) and model.mask_token.grad is not None
+    assert torch.isfinite(loss) and model.decoder.mask_token.grad is not None
 
 
 def test_resume_identical(tmp_path):
@@ -218,7 +219,7 @@ def test_resume_identical(tmp_path):
 
     def task_and_fit(where: str, crash_at_epoch: int | None = None) -> dict:
         torch.manual_seed(0)
-        task = build_task(CFG, ENC, data, tiny_teacher(), run)
+        task = build_task(SECTION, ENC, data, tiny_teacher(), run)
         real_loader = task.loader
 
         def loader(epoch: int):
@@ -228,7 +229,7 @@ def test_resume_identical(tmp_path):
 
         task.loader = loader
         d = tmp_path / where
-        fit(task, OPTIM, run, checkpoint=d / "c.pt", log_dir=d / "logs", config={"x": 1}, desc="i2v")
+        fit(task, run, checkpoint=d / "c.pt", log_dir=d / "logs", config={"x": 1}, desc="i2v")
         return task.model.state_dict()
 
     full = task_and_fit("full")
@@ -242,12 +243,9 @@ def test_resume_identical(tmp_path):
 I2V_PARAMS = """
 run: {seed: 0, num_workers: 0, amp: true, threads: 1}
 encoder: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}
+scratch: {}
 img2vec:
-  block_size: 1
-  decoder_dim: 32
-  decoder_depth: 1
-  decoder_heads: 2
-  head_hidden: 16
+  model: {block_size: 1, decoder_dim: 32, decoder_depth: 1, decoder_heads: 2, head_hidden: 16}
   optim: {epochs: 1, batch_size: 4, base_lr: 1.0e-3}
 """
 
@@ -256,33 +254,37 @@ def test_pretrain_student_cli_img2vec(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from imagefolders import make_imagenet
-    from mim.export import read_encoder, save_encoder
+    from mim.encoder_file import EncoderFile, save_encoder
     from stages.cli import main
 
     data = make_imagenet(tmp_path / "data", classes=2, train=4, size=32)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.yaml").write_text(I2V_PARAMS)
     save_encoder(tmp_path / "t.safetensors", ViTEncoder(ViTConfig(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)))
-    args = ["pretrain-student", "--method", "img2vec", "--data", str(data), "--params", "p.yaml", "--name", "img2vec-vit"]
-    r = CliRunner().invoke(main, args + ["--teacher", "t.safetensors"])
+
+    def args(method: str) -> list[str]:
+        return ["pretrain-student", "--method", method, "--data", str(data), "--params", "p.yaml", "--name", "img2vec-vit",
+                "--out", "models/img2vec-vit/encoder.safetensors", "--run", "runs/img2vec-vit"]
+
+    r = CliRunner().invoke(main, args("img2vec") + ["--input", "t.safetensors"])
     assert r.exit_code == 0, r.output
-    _, _, meta = read_encoder(tmp_path / "models/img2vec-vit/encoder.safetensors")
+    meta = EncoderFile.read(tmp_path / "models/img2vec-vit/encoder.safetensors").metadata
     assert meta["method"] == "img2vec" and meta["teacher"] == "t.safetensors" and meta["mask_block_patches"] == "1"
-    assert len(load_checkpoint(tmp_path / "checkpoints/img2vec-vit.pt")["config"]["teacher_sha256"]) == 64
-    r = CliRunner().invoke(main, args)
-    assert r.exit_code != 0 and "needs --teacher" in r.output
-    r = CliRunner().invoke(main, ["pretrain-student", "--method", "scratch", "--teacher", "t.safetensors", "--params", "p.yaml", "--data", str(data)])
-    assert r.exit_code != 0 and "--teacher applies to img2vec" in r.output
+    assert len(load_checkpoint(tmp_path / "runs/img2vec-vit/checkpoint.pt")["config"]["input_sha256"]) == 64
+    r = CliRunner().invoke(main, args("img2vec"))
+    assert r.exit_code != 0 and "--method img2vec needs --input: the frozen teacher's weights" in r.output
+    r = CliRunner().invoke(main, args("scratch") + ["--input", "t.safetensors"])
+    assert r.exit_code != 0 and "--input applies to methods that learn from another model (beit, img2vec)" in r.output
 
 
 def test_paper_profile_geometry_and_recipe():
     from pathlib import Path
 
-    from mim.config import load_section
+    from stages.common import load
 
     params = Path(__file__).parents[1] / "params/paper.yaml"
-    enc = load_section(params, "encoder", ViTConfig)
-    cfg = load_section(params, "img2vec", Img2VecConfig)
+    enc = load(params, "encoder", ViTConfig)
+    cfg = load(params, "img2vec", Config).model
     assert (cfg.mask_ratio, cfg.decoder_depth, cfg.beta, cfg.global_weight, cfg.multi_block) == (0.6, 2, 2.0, 0.5, True)
     r50 = resolve_geometry(cfg, enc, Teacher(nn.Identity(), stride=32, dim=2048, name="dino_rn50"))
     assert (r50.block, r50.blocks_per_side, r50.teacher_img_size, r50.pool) == (2, 7, 224, 1)  # 32 px blocks, 7x7 tokens
@@ -290,4 +292,6 @@ def test_paper_profile_geometry_and_recipe():
         vit_b = ViTEncoder(enc)
     vit = resolve_geometry(cfg, enc, Teacher(vit_b, stride=16, dim=768, name="mae_vit"))
     assert (vit.block, vit.teacher_img_size, vit.pool) == (1, 224, 1)  # 16 px blocks for a ViT/16 teacher
-    assert round(cfg.mask_ratio * 49) == 29  # 29 of 49 blocks masked per image
+    _, mask, _ = block_masking(3, enc.grid, r50.block, cfg.mask_ratio)  # the paper's masks: 29 of 49 32-px blocks
+    blocks = mask.view(3, 7, 2, 7, 2)[:, :, 0, :, 0]
+    assert blocks.sum((1, 2)).tolist() == [29.0] * 3 and mask.sum(1).tolist() == [29.0 * 4] * 3

@@ -1,4 +1,5 @@
-"""Integration: `dvc repro` of the whole DAG on the micro profile in a temp copy of the repo."""
+"""Integration: `dvc repro` of the whole DAG on the micro profile in a temp copy of the repo, then a
+new method added the way docs/DESIGN.md says (one file, one params section, one dvc.yaml line)."""
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(dst),
         "DVC_NO_ANALYTICS": "1",
+        "MIMREPRO_PARAMS_LOG": str(dst / "params-read.log"),  # every params section each command reads
         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
     }
     sh(["git", "init", "-q"], dst, env)
@@ -45,22 +47,147 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     return dst, env
 
 
+def lock(dst: Path) -> dict:
+    return yaml.safe_load((dst / "dvc.lock").read_text())["stages"]
+
+
 def test_repro_runs_every_stage_then_is_a_noop(repo):
     dst, env = repo
-    stages = yaml.safe_load((dst / "dvc.yaml").read_text())["stages"]
-    assert stages, "dvc.yaml has no stages"
     t0 = time.time()
     sh(["dvc", "repro"], dst, env)
     took = time.time() - t0
-    assert (dst / "data" / "manifest.json").is_file()
     manifest = json.loads((dst / "data" / "manifest.json").read_text())
     assert {"imagenet", "coco", "ade20k"} <= set(manifest)
-    lock = yaml.safe_load((dst / "dvc.lock").read_text())["stages"]
     expected = set(sh(["dvc", "stage", "list", "--name-only"], dst, env).stdout.split())
-    assert len(expected) >= 20, expected  # foreach/matrix stages expanded
-    assert expected <= set(lock), f"stages not run: {sorted(expected - set(lock))}"
-    print(f"micro dvc repro: {took:.1f}s for {len(lock)} stages")
+    assert len(expected) >= 25, expected  # foreach stages expanded
+    assert expected <= set(lock(dst)), f"stages not run: {sorted(expected - set(lock(dst)))}"
+    print(f"micro dvc repro: {took:.1f}s for {len(lock(dst))} stages")
     again = sh(["dvc", "repro"], dst, env)
     assert "Data and pipelines are up to date" in again.stdout
-    st = sh(["dvc", "status"], dst, env)
-    assert "up to date" in st.stdout
+    assert "up to date" in sh(["dvc", "status"], dst, env).stdout
+
+
+def test_each_stage_depends_on_exactly_the_params_sections_it_reads(repo):
+    """dvc.yaml's params keys per stage against what its command read (MIMREPRO_PARAMS_LOG).
+    A stage that reads a section it does not list would not rerun when that section changes."""
+    dst, env = repo
+    stages = set(sh(["dvc", "stage", "list", "--name-only"], dst, env).stdout.split())
+    read: dict[str, set[str]] = {}
+    for line in (dst / "params-read.log").read_text().splitlines():
+        argv, section = line.split("\t")
+        read.setdefault(f"mimrepro {argv}", set()).add(section.split(".")[0])
+    assert read, "no command logged the params it read"
+    for name, st in lock(dst).items():
+        if name not in stages:
+            continue  # the committed dvc.lock may still hold stages of an older dvc.yaml
+        declared = {k.split(".")[0] for keys in st.get("params", {}).values() for k in keys}
+        got = read[st["cmd"]]
+        assert got - {"run"} == declared - {"run"}, (name, sorted(got), sorted(declared))
+        assert "run" not in declared or "run" in got, name  # run: only its result keys are listed (test_dvc_yaml)
+
+
+TOY_METHOD = '''"""toy: predict the mean colour of each masked patch (added by tests/test_pipeline.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mim.data.images import ImageFolder
+from mim.data.transforms import pretrain_transform
+from mim.decoder import MAEDecoder
+from mim.engine import OptimConfig, Task, make_task
+from mim.masking import random_mask_ids
+from mim.methods import Inputs
+from mim.vit import ViTConfig, ViTEncoder
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    mask_ratio: float = 0.5
+    decoder_dim: int = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    model: ModelConfig
+    optim: OptimConfig
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+INPUT = None
+PAPER: dict[str, tuple[float, str]] = {}
+
+
+class MeanColour(nn.Module):
+    def __init__(self, enc: ViTConfig, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ViTEncoder(enc)
+        self.decoder = MAEDecoder(enc.embed_dim, enc.grid, cfg.decoder_dim, depth=1, heads=2)
+        self.head = nn.Linear(cfg.decoder_dim, enc.in_chans)
+
+    def forward_encoder(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_features(imgs, ids_keep)  # (N, 1+K, D)
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(latent, ids_restore))[:, 1:]  # (N, L, C)
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        target = self.encoder.patchify(imgs).unflatten(-1, (-1, imgs.shape[1])).mean(2)  # (N, L, C)
+        return ((pred - target).pow(2).mean(-1) * mask).sum() / mask.sum()
+
+    def forward(self, imgs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        n, length = imgs.shape[0], self.encoder.cfg.num_patches
+        ids_keep, mask, ids_restore = random_mask_ids(n, length, self.cfg.mask_ratio, imgs.device)
+        loss = self.forward_loss(imgs, self.forward_decoder(self.forward_encoder(imgs, ids_keep), ids_restore), mask)
+        return loss, {"mse": loss.detach()}
+
+
+def task(cfg: Config, inputs: Inputs) -> Task:
+    enc = inputs.encoder
+    images = ImageFolder(inputs.train_images(), pretrain_transform(enc.img_size, cfg.data.crop_scale))
+    return make_task(lambda: MeanColour(enc, cfg.model), images, cfg.optim, inputs.run, lambda m, b: m(b[0]))
+'''
+TOY_PARAMS = """
+toy:
+  model: {mask_ratio: 0.5, decoder_dim: 32}
+  optim: {epochs: 1, batch_size: 8, base_lr: 1.0e-3}
+"""
+TOY_STUDENT = "      toy: {method: toy, input: data/manifest.json}\n"
+
+
+def test_a_new_method_is_one_file_one_params_section_one_dvc_line(repo):
+    dst, env = repo
+    if not (dst / "dvc.lock").is_file():
+        sh(["dvc", "repro"], dst, env)  # run alone: the pipeline first
+    before = lock(dst)
+    (dst / "mim/methods/toy.py").write_text(TOY_METHOD)
+    with open(dst / "params/micro.yaml", "a") as f:
+        f.write(TOY_PARAMS)
+    text = (dst / "dvc.yaml").read_text()
+    anchor = "      img2vec: {method: img2vec, input: models/teacher/backbone.safetensors}\n"
+    assert anchor in text
+    (dst / "dvc.yaml").write_text(text.replace(anchor, anchor + TOY_STUDENT))
+    sh([sys.executable, "scripts/dvc_deps.py", "--check"], dst, env)  # its code is covered as written
+
+    stale = set(json.loads(sh(["dvc", "status", "--json"], dst, env).stdout))
+    assert stale == {"pretrain@toy", "finetune@toy", "probe@toy", "detect@toy", "segment@toy", "tables"}, stale
+    sh(["dvc", "repro"], dst, env)
+    after = lock(dst)
+    assert all(after[name] == st for name, st in before.items() if name != "tables")  # nothing else reran
+    assert {"pretrain@toy", "finetune@toy", "probe@toy", "detect@toy", "segment@toy"} <= set(after)
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+            for r in (dst / "results/results.md").read_text().splitlines() if r.startswith("| ")}
+    assert "toy" in rows, rows.keys()
+    header = rows["student"]
+    cells = dict(zip(header, rows["toy"]))
+    for column in ("IN top-1 (fine-tune)", "IN linear", "IN k-NN", "COCO AP box", "COCO AP mask", "ADE20K mIoU"):
+        assert cells[column] != "", (column, cells)
+    assert cells["pretrain epochs"] == "1"

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from downstream.mmseg_env import MissingDependency, import_mmseg
 from mim.engine import RunConfig
 from mim.errors import MimError
-from mim.export import save_encoder
+from mim.encoder_file import save_encoder
 from mim.vit import ViTConfig, ViTEncoder
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -214,23 +214,26 @@ def test_run_key_follows_encoder_data_and_recipe_not_logging(tmp_path):
     from mim.engine import RunConfig
 
     enc, man = tmp_path / "e.safetensors", tmp_path / "manifest.json"
-    enc.write_bytes(b"weights-1")
+    torch.manual_seed(0)
+    one, two = ViTEncoder(VIT), ViTEncoder(VIT)
+    save_encoder(enc, one)
     man.write_text("{}")
     cfg, run = SegmentConfig(iters=40), RunConfig(seed=0)
     key = run_key(cfg, run, man, enc)
     assert run_key(dataclasses.replace(cfg, log_interval=7, val_interval=3), run, man, enc) == key
     assert run_key(dataclasses.replace(cfg, iters=41), run, man, enc) != key
     assert run_key(cfg, RunConfig(seed=1), man, enc) != key
-    enc.write_bytes(b"weights-2")  # a retrained student must not resume the old segmenter
+    save_encoder(enc, two)  # a retrained student must not resume the old segmenter
     assert run_key(cfg, run, man, enc) != key
-    enc.write_bytes(b"weights-1")
+    save_encoder(enc, one)
+    assert run_key(cfg, run, man, enc) == key
     man.write_text('{"ade20k": 1}')
     assert run_key(cfg, run, man, enc) != key
 
 
 def test_dataset_root_and_classes_come_from_the_manifest(tmp_path):
     from downstream.seg import find_data
-    from mim import synth
+    from mim.data import synth
 
     manifest = make_ade(tmp_path, n_train=2, n_val=1, classes=3)
     data = find_data(manifest)
@@ -246,9 +249,9 @@ def test_dataset_root_and_classes_come_from_the_manifest(tmp_path):
 @pytest.mark.parametrize("profile", ["smoke", "micro", "paper"])
 def test_segment_params_load(profile):
     from downstream.seg import SegmentConfig
-    from mim.config import load_section
+    from stages.common import load
 
-    cfg = load_section(f"params/{profile}.yaml", "segment", SegmentConfig)
+    cfg = load(f"params/{profile}.yaml", "segment", SegmentConfig)
     assert len(cfg.out_blocks) == 4 and 0 <= cfg.warmup_iters < cfg.iters
     if profile == "paper":
         assert (cfg.out_blocks, cfg.crop_size, cfg.iters, cfg.batch_size, cfg.lr, cfg.layer_decay, cfg.warmup_iters) == (

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from mim.encoder_file import save_encoder
 from mim.errors import MimError
-from mim.export import save_encoder
-from mim.teachers import load_teacher, save_timm_backbone, timm_backbone
+from mim.teacher.frozen import load_teacher, save_timm_backbone, timm_backbone
 from mim.vit import ViTConfig, ViTEncoder
 
 

@@ -1,40 +1,19 @@
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from imagefolders import make_imagenet
 from mim.checkpoint import load_checkpoint
 from mim.engine import OptimConfig, RunConfig, fit
 from mim.errors import MimError
-from mim.tokenizer import (
-    VQVAE,
-    EMAQuantizer,
-    TokenizerConfig,
-    VQVAEConfig,
-    code_stats,
-    convert_dalle,
-    dalle_encoder,
-    dalle_tokenizer,
-    load_dalle,
-    load_tokenizer,
-    save_tokenizer,
-    tokenizer_task,
-    vqvae_tokenizer,
-)
+from mim.tokenizer import vqvae
+from mim.tokenizer.frozen import load_tokenizer, save_tokenizer, vqvae_tokenizer
+from mim.tokenizer.official_dalle import convert_dalle, dalle_encoder, dalle_tokenizer, load_dalle
+from mim.tokenizer.vqvae import VQVAE, EMAQuantizer, code_stats
+from mim.tokenizer.vqvae import ModelConfig as VQVAEConfig
 
 SMALL = VQVAEConfig(image_size=16, downsample=4, vocab_size=32, code_dim=8, hidden=16)
-
-
-def image_folder(root: Path, classes: int = 2, per_class: int = 6, size: int = 24) -> Path:
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(per_class):
-            base = rng.integers(0, 255, (3, 3, 3), dtype=np.uint8)  # smooth colour blobs, upsampled
-            Image.fromarray(base).resize((size, size), Image.BILINEAR).save(root / f"c{c}" / f"{i}.png")
-    return root
 
 
 def test_same_image_same_ids_whatever_the_batch():
@@ -70,13 +49,13 @@ def test_dead_codes_are_restarted_from_batch_vectors():
 
 
 def test_vqvae_trains_resumes_identically_and_reports_usage(tmp_path):
-    data = image_folder(tmp_path / "imgs")
-    cfg = TokenizerConfig(image_size=16, vocab_size=32, code_dim=8, hidden=16, downsample=4,
-                          optim=OptimConfig(epochs=2, batch_size=4, base_lr=1e-2))
+    data = make_imagenet(tmp_path / "imgs", classes=2, train=6, val=6, size=24)
+    cfg = vqvae.Config(model=VQVAEConfig(image_size=16, vocab_size=32, code_dim=8, hidden=16, downsample=4),
+                       optim=OptimConfig(epochs=2, batch_size=4, base_lr=1e-2))
     run = RunConfig(seed=1)
 
     def train(where: Path, crash: bool = False):
-        task, tok, _ = tokenizer_task(cfg, run, data, data)
+        task = vqvae.task(cfg, run, data)
         if crash:
             inner = task.evaluate
 
@@ -86,7 +65,7 @@ def test_vqvae_trains_resumes_identically_and_reports_usage(tmp_path):
                 return inner(epoch)
 
             task.evaluate = evaluate
-        metrics = fit(task, cfg.optim, run, checkpoint=where / "t.pt", log_dir=where / "logs", config={"c": 1}, desc="t")
+        metrics = fit(task, run, checkpoint=where / "t.pt", log_dir=where / "logs", config={"c": 1}, desc="t")
         return task.model, metrics
 
     full, metrics = train(tmp_path / "a")

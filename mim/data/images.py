@@ -5,14 +5,15 @@ a corrupt image is a `DataError` naming the path, never a bare PIL traceback.
 """
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mim.engine import epoch_seed
 from mim.errors import DataError
 
 IMG_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -53,10 +54,22 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def fingerprint(self) -> str:
+        """Hash of (path, size, label) of every image: regenerated data never resumes an old run."""
+        h = hashlib.sha256()
+        for path, label in self.samples:
+            h.update(f"{path}\t{path.stat().st_size}\t{label}\n".encode())
+        return h.hexdigest()[:16]
+
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, label = self.samples[i]
         img = open_rgb(path)
         return (self.transform(img) if self.transform else img), label
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch: the run seed and the epoch number, nothing else (resumable runs)."""
+    return seed * 100_003 + epoch
 
 
 def make_loader(

@@ -39,28 +39,28 @@ Where the sources are silent, the choice is marked INTERPRETATION below.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.data import Dataset
 
-from mim.data import make_loader
-from mim.engine import OptimConfig, RunConfig, Task, local_batch, param_groups_weight_decay, steps_for
+from mim.data.images import ImageFolder
+from mim.data.transforms import pretrain_transform
+from mim.decoder import MAEDecoder
+from mim.engine import OptimConfig, RunConfig, Task, make_task
 from mim.errors import MimError
 from mim.masking import block_masking, patches_to_blocks
-from mim.teachers import Teacher
-from mim.vit import ViTConfig, ViTEncoder, _init_module, sincos_pos_embed
+from mim.methods import Inputs
+from mim.teacher.frozen import Teacher, load_teacher
+from mim.vit import ViTConfig, ViTEncoder, init_module
 
 
 @dataclass(frozen=True, kw_only=True)
-class Img2VecConfig:
-    optim: OptimConfig
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale (MAE's augmentation)
+class ModelConfig:
     mask_ratio: float = 0.6  # fraction of blocks masked
     block_size: int = 0  # patches per block side; 0 = teacher stride / patch size
     teacher_img_size: int = 0  # teacher input size; 0 = automatic (see module doc)
@@ -74,6 +74,28 @@ class Img2VecConfig:
     global_weight: float = 0.5  # lambda; 0 = no global loss
     global_source: Literal["encoder", "decoder"] = "encoder"
     target_norm: Literal["none", "layernorm"] = "none"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale (MAE's augmentation)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The `img2vec` params section."""
+
+    model: ModelConfig
+    optim: OptimConfig
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+INPUT = "the frozen teacher's weights (a timm CNN backbone or a student encoder, .safetensors)"
+NO_DECAY = ("cls_token", "pos_embed", "mask_token")
+PAPER: dict[str, tuple[float, str]] = {
+    "finetune/top1": (85.1, "papers.md: Img2Vec, Reported (abstract) ViT-B"),
+    "segment/mIoU": (50.7, "papers.md: Img2Vec, Reported (abstract; model size not stated)"),
+}
 
 
 @dataclass(frozen=True)
@@ -90,27 +112,28 @@ class Geometry:
         return self.grid // self.block
 
 
-def resolve_geometry(cfg: Img2VecConfig, enc: ViTConfig, teacher: Teacher) -> Geometry:
+def resolve_geometry(cfg: ModelConfig, enc: ViTConfig, teacher: Teacher) -> Geometry:
     if cfg.block_size:
         block = cfg.block_size
     elif teacher.stride % enc.patch_size == 0:
         block = teacher.stride // enc.patch_size
     else:
         raise MimError(
-            f"img2vec.block_size 0 needs the teacher stride ({teacher.stride}) to be a multiple of the patch size ({enc.patch_size}); set block_size"
+            f"img2vec.model.block_size 0 needs the teacher stride ({teacher.stride}) to be a multiple of the patch size "
+            f"({enc.patch_size}); set block_size"
         )
     if enc.grid % block:
-        raise MimError(f"img2vec.block_size {block} does not tile the {enc.grid}x{enc.grid} patch grid")
+        raise MimError(f"img2vec.model.block_size {block} does not tile the {enc.grid}x{enc.grid} patch grid")
     nb = enc.grid // block
     vit_size = teacher.backbone.cfg.img_size if isinstance(teacher.backbone, ViTEncoder) else None
     size = cfg.teacher_img_size or vit_size or nb * teacher.stride
     if vit_size is not None and size != vit_size:
-        raise MimError(f"ViT teacher {teacher.name} runs at its own {vit_size} px, not img2vec.teacher_img_size {size}; set it to 0")
+        raise MimError(f"ViT teacher {teacher.name} runs at its own {vit_size} px, not img2vec.model.teacher_img_size {size}; set it to 0")
     th = size // teacher.stride
     if size % teacher.stride or th % nb:
         raise MimError(
             f"teacher at {size} px gives a {th}x{th} token grid (stride {teacher.stride}), not a multiple of the "
-            f"{nb}x{nb} mask blocks; set img2vec.teacher_img_size to {nb * teacher.stride} (or 0)"
+            f"{nb}x{nb} mask blocks; set img2vec.model.teacher_img_size to {nb * teacher.stride} (or 0)"
         )
     return Geometry(grid=enc.grid, block=block, teacher_img_size=size, pool=th // nb)
 
@@ -127,12 +150,12 @@ def teacher_targets(teacher: Teacher, imgs: torch.Tensor, geo: Geometry, target_
     if x.shape[-1] != geo.teacher_img_size:
         x = F.interpolate(x, size=(geo.teacher_img_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
     if not isinstance(teacher.backbone, ViTEncoder):
-        x = x.contiguous(memory_format=torch.channels_last)  # ~1.3x faster CNN on CPU (see build_task)
+        x = x.contiguous(memory_format=torch.channels_last)  # ~1.3x faster CNN on CPU (see task)
     tok = teacher.tokens(x).float()  # (N, h, w, C)
     if target_norm == "layernorm":
         tok = F.layer_norm(tok, tok.shape[-1:])
     elif target_norm != "none":
-        raise MimError(f"unknown img2vec.target_norm {target_norm!r}; choose none or layernorm")
+        raise MimError(f"unknown img2vec.model.target_norm {target_norm!r}; choose none or layernorm")
     if geo.pool > 1:
         tok = F.avg_pool2d(tok.permute(0, 3, 1, 2), geo.pool).permute(0, 2, 3, 1)  # (N, nb, nb, C)
     return tok.flatten(1, 2)  # (N, B, C)
@@ -144,26 +167,26 @@ def smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Te
 
 
 class Img2Vec(nn.Module):
-    def __init__(self, enc_cfg: ViTConfig, cfg: Img2VecConfig, geo: Geometry, teacher_dim: int) -> None:
+    def __init__(self, enc_cfg: ViTConfig, cfg: ModelConfig, geo: Geometry, teacher_dim: int) -> None:
         super().__init__()
         self.cfg, self.geo = cfg, geo
         self.encoder = ViTEncoder(enc_cfg)
         d, dd = enc_cfg.embed_dim, cfg.decoder_dim
         hidden = cfg.head_hidden or teacher_dim
-        self.decoder_embed = nn.Linear(d, dd)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
-        pe = sincos_pos_embed(dd, geo.grid)
-        self.decoder_pos_embed = nn.Parameter(torch.from_numpy(pe).unsqueeze(0), requires_grad=False)
-        self.decoder_blocks = nn.ModuleList(Block(dd, cfg.decoder_heads, 4.0, qkv_bias=True) for _ in range(cfg.decoder_depth))
-        self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
+        self.decoder = MAEDecoder(d, geo.grid, dd, cfg.decoder_depth, cfg.decoder_heads)
         head_in = dd * geo.block**2 if cfg.merge == "concat" else dd
         self.head = projection_head(head_in, hidden, teacher_dim)
         use_global_head = cfg.global_weight > 0 and cfg.global_source == "encoder"
         self.global_head = projection_head(d, hidden, teacher_dim) if use_global_head else None
-        for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.head, self.global_head):
+        self.decoder.init_layers()
+        for m in (self.head, self.global_head):
             if m is not None:
-                m.apply(_init_module)
-        nn.init.normal_(self.mask_token, std=0.02)
+                m.apply(init_module)
+        self.decoder.init_mask_token()
+
+    def mask(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Block masking: (ids_keep (N, L_keep), mask (N, L) 1 = masked, ids_restore (N, L)), patch level."""
+        return block_masking(n, self.geo.grid, self.geo.block, self.cfg.mask_ratio, device)
 
     def forward_encoder(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Visible patches -> (N, 1+L_keep, D): mean of every block's output (multi-block), normed."""
@@ -179,15 +202,7 @@ class Img2Vec(nn.Module):
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """(N, 1+L_keep, D) -> (N, L, Dd) decoder outputs for every patch, raster order."""
-        x = self.decoder_embed(latent)  # (N, 1+L_keep, Dd)
-        n, length = ids_restore.shape
-        mask_tokens = self.mask_token.expand(n, length + 1 - x.shape[1], -1)
-        x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)  # (N, L, Dd) shuffled
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # unshuffle
-        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed  # (N, 1+L, Dd)
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        return self.decoder_norm(x)[:, 1:]
+        return self.decoder(latent, ids_restore)[:, 1:]
 
     def predict_blocks(self, dec: torch.Tensor) -> torch.Tensor:
         """(N, L, Dd) patch outputs -> (N, B, C) one prediction per block (its teacher token)."""
@@ -196,7 +211,7 @@ class Img2Vec(nn.Module):
             return self.head(g.mean(2))
         if self.cfg.merge == "concat":
             return self.head(g.flatten(2))
-        raise MimError(f"unknown img2vec.merge {self.cfg.merge!r}; choose mean or concat")
+        raise MimError(f"unknown img2vec.model.merge {self.cfg.merge!r}; choose mean or concat")
 
     def forward_global(self, latent: torch.Tensor, pred: torch.Tensor, block_mask: torch.Tensor) -> torch.Tensor:
         """(N, C) pooled student output over the visible part."""
@@ -206,7 +221,7 @@ class Img2Vec(nn.Module):
         if self.cfg.global_source == "decoder":
             vis = (1 - block_mask).unsqueeze(-1)  # (N, B, 1)
             return (pred * vis).sum(1) / vis.sum(1)
-        raise MimError(f"unknown img2vec.global_source {self.cfg.global_source!r}; choose encoder or decoder")
+        raise MimError(f"unknown img2vec.model.global_source {self.cfg.global_source!r}; choose encoder or decoder")
 
     def forward_loss(
         self, pred: torch.Tensor, target: torch.Tensor, block_mask: torch.Tensor, g_pred: torch.Tensor | None
@@ -226,7 +241,7 @@ class Img2Vec(nn.Module):
         """imgs (N, 3, H, W), target (N, B, C) from `teacher_targets` -> (loss, logs)."""
         geo = self.geo
         n, nb = imgs.shape[0], geo.blocks_per_side
-        ids_keep, mask, ids_restore = block_masking(n, geo.grid, geo.block, self.cfg.mask_ratio, imgs.device)
+        ids_keep, mask, ids_restore = self.mask(n, imgs.device)
         block_mask = mask.view(n, nb, geo.block, nb, geo.block)[:, :, 0, :, 0].reshape(n, nb * nb)  # (N, B)
         latent = self.forward_encoder(imgs, ids_keep)
         pred = self.predict_blocks(self.forward_decoder(latent, ids_restore))  # (N, B, C)
@@ -234,33 +249,34 @@ class Img2Vec(nn.Module):
         return self.forward_loss(pred, target.to(pred.dtype), block_mask, g_pred)
 
 
-def build_model(cfg: Img2VecConfig, enc_cfg: ViTConfig, teacher: Teacher) -> Img2Vec:
+def build_model(cfg: ModelConfig, enc_cfg: ViTConfig, teacher: Teacher) -> Img2Vec:
     return Img2Vec(enc_cfg, cfg, resolve_geometry(cfg, enc_cfg, teacher), teacher.dim)
 
 
-def build_task(cfg: Img2VecConfig, enc_cfg: ViTConfig, dataset: Dataset, teacher: Teacher, run: RunConfig) -> Task:
-    """The engine Task: batches (imgs, labels) -> teacher targets -> student loss. Teacher stays outside
-    the model (not in checkpoints, no optimizer state), moved to the batch's device on first use."""
-    model = build_model(cfg, enc_cfg, teacher)
-    geo = model.geo
+def task(cfg: Config, inputs: Inputs) -> Task:
+    """Img2Vec on inputs.train_images(), regressing the teacher in the file inputs.input."""
+    if inputs.input is None:
+        raise MimError(f"img2vec needs {INPUT} (--input)")
+    teacher = load_teacher(Path(inputs.input))
+    enc = inputs.encoder
+    images = ImageFolder(inputs.train_images(), pretrain_transform(enc.img_size, cfg.data.crop_scale))
+    t = build_task(cfg, enc, images, teacher, inputs.run)
+    t.info["teacher"] = str(inputs.input)
+    return t
+
+
+def build_task(cfg: Config, enc: ViTConfig, images: Dataset, teacher: Teacher, run: RunConfig) -> Task:
+    """Batches (imgs, labels) -> teacher targets -> student loss.  The teacher stays outside the model
+    (not in checkpoints, no optimizer state), moved to the batch's device on first use."""
+    geo = resolve_geometry(cfg.model, enc, teacher)
     if not isinstance(teacher.backbone, ViTEncoder):
         teacher.to(memory_format=torch.channels_last)
-    batch = local_batch(cfg.optim)
-    steps = steps_for(len(dataset), batch)
-    if steps < 1:
-        raise MimError(f"img2vec: {len(dataset)} images are fewer than one batch of {batch}")
 
-    def loader(epoch: int) -> Any:
-        return make_loader(dataset, batch, epoch=epoch, seed=run.seed, num_workers=run.num_workers)
+    def step(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        imgs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        target = teacher_targets(teacher.to(imgs.device), imgs, geo, cfg.model.target_norm)  # (N, B, C)
+        return model(imgs, target)
 
-    def step(m: nn.Module, b: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        imgs = b[0] if isinstance(b, (list, tuple)) else b
-        target = teacher_targets(teacher.to(imgs.device), imgs, geo, cfg.target_norm)  # (N, B, C)
-        return m(imgs, target)
-
-    no_decay = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed")
-    groups = param_groups_weight_decay(model, cfg.optim.weight_decay, no_decay)
-    return Task(model, step, loader, steps, groups)
-
-
-__all__ = ["Img2VecConfig", "Img2Vec", "Geometry", "resolve_geometry", "teacher_targets", "build_model", "build_task"]
+    t = make_task(lambda: Img2Vec(enc, cfg.model, geo, teacher.dim), images, cfg.optim, run, step, no_decay=NO_DECAY)
+    t.info = {"teacher_name": teacher.name, "mask_block_patches": str(geo.block), "teacher_img_size": str(geo.teacher_img_size)}
+    return t

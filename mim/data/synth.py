@@ -18,10 +18,10 @@ import colorsys
 import importlib.util
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -107,7 +107,7 @@ SHAPES: dict[str, Callable[[], np.ndarray]] = {
 SHAPE_NAMES = tuple(SHAPES)
 
 
-@lru_cache(maxsize=None)
+@cache
 def unit_shape(name: str) -> np.ndarray:
     """Polygon (N, 2) centred on its bounding box, max vertex radius 1."""
     if name not in SHAPES:

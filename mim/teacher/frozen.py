@@ -4,7 +4,7 @@ Token diversity (mim/diversity.py) scores teachers and Img2Vec regresses their t
 both take a `Teacher`: `tokens(imgs) -> (N, h, w, C)` on the teacher's own output grid
 (stride `stride` pixels per token).  Two kinds load from local files only:
 
-* a mimrepro ViT encoder (`mim/export.py` format): patch tokens, no cls, after the final norm;
+* a mimrepro ViT encoder (mim/encoder_file.py): patch tokens, no cls, after the final norm;
 * a timm CNN (`resnet50` by default, our DINO teacher's export or any local timm weights):
   the last stage's spatial map (7x7 at 224 px for ResNet-50, stride 32).
 """
@@ -13,13 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
-from mim.checkpoint import save_safetensors
+from mim.checkpoint import read_safetensors, save_safetensors
+from mim.encoder_file import EncoderFile
 from mim.errors import MimError
-from mim.export import load_encoder
 from mim.vit import ViTEncoder
 
 TIMM_FORMAT = "mimrepro-timm-backbone/1"
@@ -40,7 +38,7 @@ class Teacher(nn.Module):
         self.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "Teacher":
+    def train(self, mode: bool = True) -> Teacher:
         return self  # stays in eval mode (BatchNorm statistics and dropout frozen)
 
     @torch.no_grad()
@@ -61,14 +59,6 @@ def save_timm_backbone(path: Path, model: nn.Module, arch: str, extra: dict[str,
     """Write a timm model's state_dict (timm key names) with its architecture name."""
     meta = {"format": TIMM_FORMAT, "arch": arch, **(extra or {})}
     save_safetensors(Path(path), model.state_dict(), meta)
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception as e:  # corrupt header, not a safetensors file
-        raise MimError(f"cannot read teacher weights {path}: {e}") from None
 
 
 def timm_backbone(arch: str, state: dict[str, torch.Tensor] | None = None, **kwargs: object) -> nn.Module:
@@ -93,24 +83,20 @@ def load_teacher(path: Path, arch: str | None = None) -> Teacher:
     `arch` names the timm model for plain timm weights files without our metadata.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MimError(f"teacher weights not found: {path}")
-    meta = _metadata(path)
-    if "vit" in meta:
-        enc = load_encoder(path)
-        return Teacher(enc, enc.cfg.patch_size, enc.cfg.embed_dim, name=meta.get("name", path.stem))
-    arch = arch or meta.get("arch")
+    f = read_safetensors(path, "teacher weights")
+    if "vit" in f.metadata:
+        enc = EncoderFile.parse(f).build()
+        return Teacher(enc, enc.cfg.patch_size, enc.cfg.embed_dim, name=f.metadata.get("name", path.stem))
+    arch = arch or f.metadata.get("arch")
     if not arch:
         raise MimError(f"{path}: no architecture in its metadata; give the timm model name (e.g. resnet50)")
-    model = timm_backbone(arch, load_file(str(path)))
+    model = timm_backbone(arch, f.state)
     stride = int(model.feature_info[-1]["reduction"])
     dim = int(model.num_features)
-    return Teacher(model, stride, dim, name=meta.get("name", arch))
+    return Teacher(model, stride, dim, name=f.metadata.get("name", arch))
 
 
 def describe(teacher: Teacher) -> dict[str, object]:
     n = sum(p.numel() for p in teacher.parameters())
     return {"name": teacher.name, "params_m": round(n / 1e6, 2), "stride": teacher.stride, "dim": teacher.dim}
 
-
-__all__ = ["Teacher", "load_teacher", "save_timm_backbone", "timm_backbone", "describe"]

@@ -10,13 +10,17 @@ streams over batches holding only running sums, so memory stays bounded on any i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from mim.teachers import Teacher
+from mim.data.images import ImageFolder, make_loader
+from mim.data.transforms import eval_transform
+from mim.teacher.frozen import Teacher, describe
+from mim.vit import ViTEncoder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,3 +85,23 @@ def score_teacher(teacher: Teacher, batches: Iterable[torch.Tensor | tuple[torch
         imgs = batch[0] if isinstance(batch, (tuple, list)) else batch
         meter.update(teacher.tokens(imgs.to(device)).float())  # (B, h, w, C)
     return meter.result()
+
+
+def teacher_input_size(teacher: Teacher, cnn_size: int) -> int:
+    """ViTs run at the size their position embedding was built for; CNNs at `cnn_size`."""
+    backbone = teacher.backbone
+    if isinstance(backbone, ViTEncoder):
+        return backbone.cfg.img_size
+    patch_embed = getattr(backbone, "patch_embed", None)  # timm ViT
+    if patch_embed is not None and getattr(patch_embed, "img_size", None):
+        return int(patch_embed.img_size[0])
+    return cnn_size
+
+
+def diversity(teacher: Teacher, imagenet: Path, cfg: DiversityConfig, device: torch.device, num_workers: int = 0) -> dict[str, float]:
+    """Token diversity of `teacher` over `<imagenet>/<cfg.split>`, with its size and input resolution."""
+    size = teacher_input_size(teacher, cfg.img_size)
+    images = ImageFolder(Path(imagenet) / cfg.split, eval_transform(size), cfg.limit_per_class)
+    batches = make_loader(images, cfg.batch_size, epoch=0, seed=0, shuffle=False, drop_last=False, num_workers=num_workers)
+    info = describe(teacher)
+    return {**score_teacher(teacher, batches, device), "params_m": info["params_m"], "img_size": size, "stride": info["stride"]}

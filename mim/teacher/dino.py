@@ -1,6 +1,7 @@
-"""DINO (Caron et al. 2021): self-distillation with no labels, for the Img2Vec teacher.
+"""DINO (Caron et al., arXiv 2104.14294): self-distillation with no labels, for the Img2Vec teacher.
 
-Pieces, in the order of the method (papers.md, "DINO"):
+The `dino` params section, the model and `task` follow the shape of every method (mim/methods/);
+the pieces, in the order of the method (papers.md, "DINO"; facebookresearch/dino main_dino.py):
 
 * `MultiCropAugmentation`: 2 global crops + N local crops of one image, with DINO's flip,
   colour jitter, grayscale, Gaussian blur and solarization;
@@ -13,10 +14,13 @@ Pieces, in the order of the method (papers.md, "DINO"):
 
 Backbones are timm models (`resnet50` for the Img2Vec teacher, ViTs as an option).  All
 randomness comes from torch's global generator, so a resumed epoch sees the same crops.
+`task` evaluates the teacher backbone with DINO's weighted k-NN (eval_knn.py) during training.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -25,15 +29,18 @@ from PIL import Image, ImageFilter, ImageOps
 from torch import nn
 from torchvision import transforms as T
 
-from mim.data import IMAGENET_MEAN, IMAGENET_STD
-from mim.engine import OptimConfig
+from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, make_loader
+from mim.data.transforms import eval_transform
+from mim.engine import OptimConfig, RunConfig, Task, device, make_task
+from mim.eval.knn import knn_classify, topk_accuracy
+from mim.param_groups import weight_decay_groups
 from mim.schedules import cosine_schedule
-from mim.teachers import timm_backbone
+from mim.teacher.frozen import timm_backbone
 
 
 # --- configs ---------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
-class CropConfig:
+class DataConfig:
     """Multi-crop: the teacher sees the global crops only, the student sees all of them."""
 
     global_size: int = 224
@@ -42,6 +49,7 @@ class CropConfig:
     n_local: int = 8
     global_scale: tuple[float, float] = (0.14, 1.0)  # ResNet-50 recipe (ViT: 0.4-1)
     local_scale: tuple[float, float] = (0.05, 0.14)
+    limit_per_class: int = 0  # train images per class used for pretraining (0 = all)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,10 +63,9 @@ class HeadConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DINOConfig:
+class ModelConfig:
     arch: str = "resnet50"  # any timm backbone: resnet50, vit_small_patch16_224, ...
     head: HeadConfig = HeadConfig()
-    crops: CropConfig = CropConfig()
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
@@ -70,16 +77,23 @@ class DINOConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TeacherConfig:
-    """The `teacher` params section: DINO + optimizer + data and evaluation sizes."""
+class KNNConfig:
+    """The teacher backbone's weighted k-NN top-1 (DINO eval_knn.py), logged during training."""
 
-    dino: DINOConfig = DINOConfig()
+    k: int = 20
+    temperature: float = 0.07
+    train_per_class: int = 0  # memory bank images per class (0 = all)
+    every: int = 1  # every this many epochs (and after the last)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The `dino` params section."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig
-    limit_per_class: int = 0  # train images per class used for pretraining (0 = all)
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    knn_train_per_class: int = 0  # k-NN memory bank images per class (0 = all)
-    knn_every: int = 1  # evaluate the teacher with k-NN every this many epochs (and at the end)
+    knn: KNNConfig = field(default_factory=KNNConfig)
 
 
 # --- multi-crop augmentation --------------------------------------------------------------------
@@ -110,7 +124,7 @@ class MultiCropAugmentation:
     Global 1: blur always; global 2: blur p=0.1, solarize p=0.2; locals: blur p=0.5 (DINO).
     """
 
-    def __init__(self, cfg: CropConfig) -> None:
+    def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
         flip_jitter = T.Compose(
             [
@@ -183,7 +197,7 @@ def pooled(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return f[:, 0]  # (N, 1+L, D) -> cls token
 
 
-def build_backbone(cfg: DINOConfig) -> nn.Module:
+def build_backbone(cfg: ModelConfig) -> nn.Module:
     kwargs = {"dynamic_img_size": True, "drop_path_rate": cfg.drop_path} if cfg.arch.startswith(("vit", "deit")) else {}
     return timm_backbone(cfg.arch, **kwargs)
 
@@ -219,7 +233,9 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """student_out (n_crops*B, K), teacher_out (n_global*B, K), both crop-major."""
         s = (student_out / self.student_temp).chunk(self.n_crops)  # n_crops x (B, K)
         t_logits = ((teacher_out - self.center) / teacher_temp).float()
@@ -258,9 +274,9 @@ class DINOLoss(nn.Module):
 class DINO(nn.Module):
     """Student and EMA teacher (same architecture).  `forward(crops)` returns (loss, logs)."""
 
-    def __init__(self, cfg: DINOConfig) -> None:
+    def __init__(self, cfg: ModelConfig, crops: DataConfig) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.crops = cfg, crops
         s_backbone = build_backbone(cfg)
         t_backbone = build_backbone(cfg)
         dim = int(s_backbone.num_features)
@@ -268,8 +284,8 @@ class DINO(nn.Module):
         self.teacher = MultiCropWrapper(t_backbone, DINOHead(dim, cfg.head))
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.requires_grad_(False)
-        n_crops = cfg.crops.n_global + cfg.crops.n_local
-        self.loss = DINOLoss(cfg.head.out_dim, cfg.crops.n_global, n_crops, cfg.student_temp, cfg.center_momentum)
+        n_crops = crops.n_global + crops.n_local
+        self.loss = DINOLoss(cfg.head.out_dim, crops.n_global, n_crops, cfg.student_temp, cfg.center_momentum)
         self.teacher_temp = cfg.teacher_temp  # set per epoch by set_epoch (warm-up schedule)
         self.freeze_last_layer = cfg.freeze_last_layer_epochs > 0
         self.student.head.last_layer_direction.register_hook(self._last_layer_grad)
@@ -281,7 +297,7 @@ class DINO(nn.Module):
 
     def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():
-            t_out = self.teacher(crops[: self.cfg.crops.n_global])  # (n_global*B, K)
+            t_out = self.teacher(crops[: self.crops.n_global])  # (n_global*B, K)
         s_out = self.student(crops)  # (n_crops*B, K)
         return self.loss(s_out, t_out, self.teacher_temp)
 
@@ -297,13 +313,13 @@ class DINO(nn.Module):
         self.freeze_last_layer = epoch < self.cfg.freeze_last_layer_epochs
 
 
-def teacher_temp_schedule(cfg: DINOConfig, epochs: int) -> np.ndarray:
+def teacher_temp_schedule(cfg: ModelConfig, epochs: int) -> np.ndarray:
     """Linear warm-up of tau_t over warmup_teacher_temp_epochs, then constant (per epoch)."""
     w = min(cfg.warmup_teacher_temp_epochs, epochs)
     return np.concatenate([np.linspace(cfg.warmup_teacher_temp, cfg.teacher_temp, w), np.full(epochs - w, cfg.teacher_temp)])
 
 
-def momentum_schedule(cfg: DINOConfig, total_steps: int) -> np.ndarray:
+def momentum_schedule(cfg: ModelConfig, total_steps: int) -> np.ndarray:
     """EMA momentum per optimizer step: cosine from momentum_teacher to 1."""
     return cosine_schedule(cfg.momentum_teacher, 1.0, total_steps)
 
@@ -315,18 +331,52 @@ def collate_crops(batch: list[tuple[list[torch.Tensor], int]]) -> tuple[list[tor
     return crops, torch.tensor([b[1] for b in batch])
 
 
-__all__ = [
-    "CropConfig",
-    "HeadConfig",
-    "DINOConfig",
-    "TeacherConfig",
-    "MultiCropAugmentation",
-    "DINOHead",
-    "DINOLoss",
-    "DINO",
-    "MultiCropWrapper",
-    "pooled",
-    "teacher_temp_schedule",
-    "momentum_schedule",
-    "collate_crops",
-]
+# --- the task ----------------------------------------------------------------------------------
+def task(cfg: Config, run: RunConfig, root: Path) -> Task:
+    """DINO on `<root>/train` (labels unused), evaluated by k-NN of the teacher backbone on `<root>/val`."""
+    root = Path(root)
+    train = ImageFolder(root / "train", MultiCropAugmentation(cfg.data), cfg.data.limit_per_class)
+
+    def build() -> DINO:
+        dino = DINO(cfg.model, cfg.data)
+        if dist.is_initialized():
+            dino = nn.SyncBatchNorm.convert_sync_batchnorm(dino)  # as DINO does for ResNets
+        return dino
+
+    def step(model: nn.Module, batch: tuple[list[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        crops, _labels = batch
+        return model(crops)
+
+    t = make_task(build, train, cfg.optim, run, step, collate_fn=collate_crops,
+                  param_groups=lambda m: weight_decay_groups(m.student, cfg.optim.weight_decay))
+    dino: DINO = t.model  # type: ignore[assignment]
+    epochs = cfg.optim.epochs
+    momentum = momentum_schedule(cfg.model, epochs * max(1, t.steps_per_epoch // cfg.optim.accum_steps))
+    t.on_epoch = lambda epoch: dino.set_epoch(epoch, epochs)
+    t.after_step = lambda it: dino.update_teacher(float(momentum[it]))
+
+    ev = eval_transform(cfg.data.global_size)
+    bank, val = ImageFolder(root / "train", ev, cfg.knn.train_per_class), ImageFolder(root / "val", ev)
+
+    @torch.no_grad()
+    def features(dataset: ImageFolder) -> tuple[torch.Tensor, torch.Tensor]:
+        backbone = dino.teacher.backbone
+        feats, labels = [], []
+        for x, y in make_loader(dataset, 64, epoch=0, seed=run.seed, shuffle=False, drop_last=False, num_workers=run.num_workers):
+            feats.append(pooled(backbone, x.to(device())).float().cpu())  # (B, C) pooled last stage
+            labels.append(y)
+        return torch.cat(feats), torch.cat(labels)
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        """Weighted k-NN top-1 (DINO protocol) of the teacher backbone, in eval mode."""
+        if (epoch + 1) % cfg.knn.every and epoch + 1 != epochs:
+            return {}
+        dino.teacher.backbone.eval()
+        (f_tr, y_tr), (f_te, y_te) = features(bank), features(val)
+        dino.teacher.backbone.train()  # the DINO teacher runs in train mode (BatchNorm batch statistics)
+        scores = knn_classify(f_tr, y_tr, f_te, len(bank.classes), cfg.knn.k, cfg.knn.temperature)
+        return {"knn_top1": topk_accuracy(scores, y_te, 1)}
+
+    t.evaluate = evaluate
+    t.info = {"train_images": str(len(train)), "val_images": str(len(val)), "train_files": train.fingerprint()}
+    return t

@@ -97,7 +97,8 @@ def scatter_png(rows: list[dict[str, Any]], path: Path) -> None:
     done = [r for r in rows if r["student_top1"] is not None]
     todo = [r for r in rows if r["student_top1"] is None]
     if done:
-        ax.errorbar([r["diversity"] for r in done], [r["student_top1"] for r in done], xerr=[r["diversity_std"] for r in done], fmt="o", capsize=3)
+        ax.errorbar([r["diversity"] for r in done], [r["student_top1"] for r in done], xerr=[r["diversity_std"] for r in done],
+                    fmt="o", capsize=3)
         for r in done:
             ax.annotate(r["teacher"], (r["diversity"], r["student_top1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_ylabel("Img2Vec student fine-tune top-1 (%)")

@@ -1,9 +1,9 @@
 """Results tables regenerated from `metrics/<task>/<student>.json`.
 
-Rows are students, columns come from `COLUMNS` (one `Column` per metric: a later issue
-adds detection or segmentation with one line).  A missing metrics file or key leaves an
-empty cell.  With `paper=True` each column with a reference value in `PAPER_VALUES` gets
-a "paper" and a "delta" column next to it.
+Rows are students, columns come from `COLUMNS` (one `Column` per metric: one line adds one).
+A missing metrics file or key leaves an empty cell.  Given the papers' numbers (each method's
+`PAPER`, mim/methods/), every column with a reference value gets a "paper" and a "delta"
+column next to it.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mim.errors import MimError
-from mim.paper_values import PAPER_VALUES
+
+Paper = dict[str, dict[str, tuple[float, str]]]  # student -> "<task>/<key>" -> (value, source)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +24,7 @@ class TablesConfig:
     """The `tables` params section."""
 
     paper_values: bool = False  # add the papers' numbers and the delta (paper profile)
+    first: tuple[str, ...] = ("scratch", "mae", "beit", "img2vec")  # rows in this order; other students follow, sorted
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class Column:
     key: str  # key inside that JSON
     header: str
     decimals: int = 1
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}/{self.key}"
 
 
 COLUMNS: list[Column] = [
@@ -43,13 +49,10 @@ COLUMNS: list[Column] = [
     Column("segment", "mIoU", "ADE20K mIoU"),
 ]
 
-# Known students first, in this order; any other student found in metrics/ follows, sorted.
-STUDENT_ORDER = ["scratch", "mae", "beit", "img2vec"]
-
-
-def find_students(metrics_dir: Path, columns: list[Column] = COLUMNS) -> list[str]:
+def find_students(metrics_dir: Path, columns: list[Column] = COLUMNS, first: tuple[str, ...] = TablesConfig.first) -> list[str]:
+    """Students with a metrics file under any column's task: `first` in its order, then the rest sorted."""
     found = {p.stem for c in {c.task for c in columns} for p in (metrics_dir / c).glob("*.json")}
-    known = [s for s in STUDENT_ORDER if s in found]
+    known = [s for s in first if s in found]
     return known + sorted(found - set(known))
 
 
@@ -67,14 +70,15 @@ def read_metrics(metrics_dir: Path, task: str, student: str) -> dict[str, float]
 
 
 def build_table(
-    metrics_dir: Path, columns: list[Column] = COLUMNS, paper: bool = False, students: list[str] | None = None
+    metrics_dir: Path, columns: list[Column] = COLUMNS, paper: Paper | None = None, students: list[str] | None = None
 ) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of formatted cells; numbers with 1 decimal, missing -> ''."""
     students = students if students is not None else find_students(metrics_dir, columns)
+    with_paper = {c.id for refs in (paper or {}).values() for c in columns if c.id in refs}
     header = ["student"]
     for c in columns:
         header.append(c.header)
-        if paper and any(col == c.header for _, col in PAPER_VALUES):
+        if c.id in with_paper:
             header += [f"{c.header} paper", f"{c.header} delta"]
     rows = []
     for s in students:
@@ -82,8 +86,8 @@ def build_table(
         for c in columns:
             value = read_metrics(metrics_dir, c.task, s).get(c.key)
             row.append(_fmt(value, decimals=c.decimals))
-            if paper and any(col == c.header for _, col in PAPER_VALUES):
-                ref = PAPER_VALUES.get((s, c.header))
+            if c.id in with_paper:
+                ref = (paper or {}).get(s, {}).get(c.id)
                 row.append(_fmt(ref[0]) if ref else "")
                 row.append(_fmt(value - ref[0], signed=True) if ref and value is not None else "")
         rows.append(row)
@@ -125,8 +129,9 @@ def git_revision(cwd: Path = Path(".")) -> str:
     return rev + ("+dirty" if dirty else "")
 
 
-def sources_note(paper: bool) -> str:
+def sources_note(paper: Paper | None, columns: list[Column] = COLUMNS) -> str:
     if not paper:
         return ""
-    srcs = sorted({f"{s}/{c}: {src}" for (s, c), (_, src) in PAPER_VALUES.items()})
+    headers = {c.id: c.header for c in columns}
+    srcs = sorted({f"{s}/{headers.get(k, k)}: {src}" for s, refs in paper.items() for k, (_, src) in refs.items()})
     return "Paper values: " + "; ".join(srcs) + "."

@@ -18,9 +18,12 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import Dataset
 
-from mim.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, make_loader
-from mim.engine import OptimConfig, RunConfig, Task, local_batch, steps_for
+from mim.config import to_dict
+from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, make_loader
+from mim.encoder_file import EncoderFile
+from mim.engine import OptimConfig, RunConfig, Task, fit, is_main, make_task
 from mim.errors import MimError
+from mim.param_groups import layer_decay_groups
 from mim.vit import ViTEncoder
 
 
@@ -69,34 +72,6 @@ class ViTClassifier(nn.Module):
         return self.head(self.features(imgs))  # (N, classes)
 
 
-def layer_id(name: str, depth: int) -> int:
-    """0 for embeddings, i+1 for block i, depth+1 for everything after the blocks (MAE lrd)."""
-    name = name.removeprefix("encoder.")
-    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
-
-
-def layer_decay_groups(model: ViTClassifier, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
-    """Param groups with lr_scale = layer_decay ** (depth + 1 - layer_id); no wd on 1-D params and tokens."""
-    depth = model.encoder.cfg.depth
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lid = layer_id(name, depth)
-        decay = not (p.ndim == 1 or name.endswith((".cls_token", ".pos_embed")))
-        g = groups.setdefault(
-            (lid, decay),
-            {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": layer_decay ** (depth + 1 - lid)},
-        )
-        g["params"].append(p)
-        g["names"].append(name)
-    return [groups[k] for k in sorted(groups)]
-
-
 def finetune_transforms(img_size: int, cfg: FinetuneConfig) -> tuple[Any, Any]:
     """(train, eval) transforms: RandAug + random erasing for training, resize + centre crop (0.875) for eval."""
     train = create_transform(
@@ -139,17 +114,13 @@ def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, topk: tuple[in
     return {f"top{k}": 100.0 * correct[k] / max(total, 1) for k in topk}
 
 
-def finetune_task(encoder: ViTEncoder, imagenet: Path, cfg: FinetuneConfig, run: RunConfig) -> Task:
+def finetune_task(encoder: EncoderFile, imagenet: Path, cfg: FinetuneConfig, run: RunConfig) -> Task:
     """Classifier on `<imagenet>/train` (optionally N labels per class), evaluated on `<imagenet>/val`."""
-    train_tf, val_tf = finetune_transforms(encoder.cfg.img_size, cfg)
+    train_tf, val_tf = finetune_transforms(encoder.config.img_size, cfg)
     train = ImageFolder(imagenet / "train", train_tf, limit_per_class=cfg.labels_per_class)
     val = ImageFolder(imagenet / "val", val_tf)
     if val.classes != train.classes:
         raise MimError(f"{imagenet}: train and val have different classes")
-    model = ViTClassifier(encoder, len(train.classes), cfg.global_pool)
-    batch = local_batch(cfg.optim)
-    if len(train) < batch * cfg.optim.accum_steps:
-        raise MimError(f"{imagenet}/train has {len(train)} labelled images, fewer than one batch ({cfg.optim.batch_size})")
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing, num_classes=len(train.classes))
@@ -159,14 +130,23 @@ def finetune_task(encoder: ViTEncoder, imagenet: Path, cfg: FinetuneConfig, run:
     else:
         criterion = nn.CrossEntropyLoss()
 
-    def loader(epoch: int) -> Any:
-        return make_loader(train, batch, epoch=epoch, seed=run.seed, num_workers=run.num_workers)
-
     def step(m: nn.Module, b: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         imgs, labels = b
         if mixup is not None:
             imgs, labels = mixup(imgs, labels)  # soft targets (N, classes)
         return criterion(m(imgs), labels), {}
+
+    def groups(model: nn.Module) -> list[dict[str, Any]]:
+        out = layer_decay_groups(model, cfg.optim.weight_decay, cfg.layer_decay, encoder.config.depth, prefix="encoder.")
+        for g in out:
+            g.pop("names")
+        return out
+
+    def build() -> ViTClassifier:  # seeded: the head's init (after the encoder's, whose weights are then loaded)
+        return ViTClassifier(encoder.build(drop_path=cfg.drop_path), len(train.classes), cfg.global_pool)
+
+    t = make_task(build, train, cfg.optim, run, step, param_groups=groups)
+    model = t.model
 
     def evaluate(epoch: int) -> dict[str, float]:
         last = epoch + 1 == cfg.optim.epochs
@@ -174,7 +154,21 @@ def finetune_task(encoder: ViTEncoder, imagenet: Path, cfg: FinetuneConfig, run:
             return {}
         return {f"val/{k}": v for k, v in accuracy(model, val, cfg.eval_batch_size).items()}
 
-    groups = layer_decay_groups(model, cfg.optim.weight_decay, cfg.layer_decay)
-    for g in groups:
-        g.pop("names")
-    return Task(model, step, loader, steps_for(len(train), batch), groups, evaluate=evaluate)
+    t.evaluate = evaluate
+    return t
+
+
+def finetune(encoder: EncoderFile, imagenet: Path, cfg: FinetuneConfig, run: RunConfig, *,
+             checkpoint: Path, log_dir: Path, desc: str) -> dict[str, float]:
+    """Fine-tune `encoder` on ImageNet-layout `imagenet`; returns the metrics the stage writes."""
+    t = finetune_task(encoder, imagenet, cfg, run)
+    config = {"finetune": to_dict(cfg), "seed": run.seed, "data": str(imagenet),
+              "encoder_sha256": encoder.sha256}  # a new encoder restarts the run
+    metrics = fit(t, run, checkpoint=checkpoint, log_dir=log_dir, config=config, desc=desc)
+    if not is_main():
+        return {}
+    out = {"top1": metrics["val/top1"], "top5": metrics["val/top5"], "epochs": cfg.optim.epochs,
+           "labels_per_class": cfg.labels_per_class}
+    if encoder.metadata.get("pretrain_epochs", "").isdigit():
+        out["pretrain_epochs"] = int(encoder.metadata["pretrain_epochs"])
+    return out

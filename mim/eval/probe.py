@@ -1,4 +1,4 @@
-"""Frozen-encoder evaluation: linear probe (MAE) and weighted k-NN (DINO) on cached features.
+"""Frozen-encoder evaluation: linear probe (MAE) and weighted k-NN (DINO, mim/eval/knn.py) on cached features.
 
 Features are extracted once (cls token after the final norm, centre-crop view) and both
 protocols run on them: the linear probe is BatchNorm1d(affine=False) + Linear trained with
@@ -8,14 +8,16 @@ features by cosine similarity with weights exp(sim / T) (DINO `eval_knn.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 
-from mim.data import IMAGENET_MEAN, IMAGENET_STD, make_loader
+from mim.data.images import ImageFolder, make_loader
+from mim.data.transforms import eval_transform
+from mim.eval.knn import knn_classify, topk_accuracy
 from mim.schedules import cosine_schedule
 from mim.vit import ViTEncoder
 
@@ -46,18 +48,6 @@ class ProbeConfig:
     batch_size: int = 256  # feature extraction
 
 
-def eval_transform(img_size: int) -> T.Compose:
-    """Resize to img_size / 0.875 and centre-crop (MAE / DINO evaluation view)."""
-    return T.Compose(
-        [
-            T.Resize(int(img_size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(img_size),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-
-
 @torch.no_grad()
 def extract_features(encoder: ViTEncoder, dataset: Dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, D): cls token after the final norm, labels (N,)) in dataset order."""
@@ -68,28 +58,6 @@ def extract_features(encoder: ViTEncoder, dataset: Dataset, batch_size: int) -> 
         feats.append(encoder.forward_features(imgs.to(dev))[:, 0].float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
-
-
-@torch.no_grad()
-def knn_classify(
-    train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, num_classes: int,
-    k: int = 20, temperature: float = 0.07, chunk: int = 1024,
-) -> torch.Tensor:
-    """DINO's weighted k-NN: class scores (M, C) = sum over the k cosine-nearest of exp(sim / T)."""
-    train = nn.functional.normalize(train_feats, dim=1)
-    test = nn.functional.normalize(test_feats, dim=1)
-    k = min(k, len(train))
-    scores = []
-    for q in test.split(chunk):
-        sim, idx = (q @ train.T).topk(k, dim=1)  # (B, k)
-        onehot = nn.functional.one_hot(train_labels[idx], num_classes).float()  # (B, k, C)
-        scores.append((onehot * (sim / temperature).exp().unsqueeze(-1)).sum(dim=1))  # (B, C)
-    return torch.cat(scores)
-
-
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
-    return 100.0 * float((top == labels[:, None]).any(dim=1).float().mean())
 
 
 class LARS(torch.optim.Optimizer):
@@ -153,3 +121,18 @@ def linear_probe(
     with torch.no_grad():
         scores = head(val_feats)
     return {"top1": topk_accuracy(scores, val_labels, 1), "top5": topk_accuracy(scores, val_labels, 5)}
+
+
+def probe(encoder: ViTEncoder, imagenet: Path, cfg: ProbeConfig, seed: int) -> dict[str, float]:
+    """Linear probe and k-NN of a frozen `encoder` (on its device): `<imagenet>/train` -> `<imagenet>/val`."""
+    tf = eval_transform(encoder.cfg.img_size)
+    train, val = ImageFolder(imagenet / "train", tf), ImageFolder(imagenet / "val", tf)
+    x_train, y_train = extract_features(encoder, train, cfg.batch_size)
+    x_val, y_val = extract_features(encoder, val, cfg.batch_size)
+    n_cls = len(train.classes)
+    scores = knn_classify(x_train, y_train, x_val, n_cls, cfg.knn.k, cfg.knn.temperature)
+    lin = linear_probe(x_train, y_train, x_val, y_val, n_cls, cfg.linear, seed=seed)
+    return {
+        "linear_top1": lin["top1"], "linear_top5": lin["top5"],
+        "knn_top1": topk_accuracy(scores, y_val, 1), "knn_top5": topk_accuracy(scores, y_val, 5),
+    }

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mim.errors import MimError
-from mim.teachers import save_timm_backbone, timm_backbone
+from mim.teacher.frozen import save_timm_backbone, timm_backbone
 
 DROP_PREFIXES = ("head.", "fc.")
 

@@ -1,0 +1,168 @@
+"""Where the datasets live: `data/manifest.json`, the real-layout checks, and `locate`.
+
+`prepare-data` (mim/data/prepare.py) either generates the embedded synthetic ImageNet / COCO /
+ADE20K under `data/`, or, for a dataset whose `root` is set, checks the real folder's layout
+with the functions here and only records its path.  Every later stage is given `--data` and
+finds a dataset one way, `locate`: the root recorded in that manifest, or `--data` itself when
+it is a dataset folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mim.errors import DataError
+
+MANIFEST = "manifest.json"
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+ADE20K_CLASSES = 150  # ADEChallengeData2016 (SceneParsing benchmark)
+
+
+# ---------------------------------------------------------------- real-path validation
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _require(root: Path, what: str, rel: Iterable[str]) -> None:
+    if not root.is_dir():
+        raise DataError(f"{what} root {root}: not a directory")
+    missing = [r for r in rel if not (root / r).exists()]
+    if missing:
+        raise DataError(f"{what} root {root}: missing {', '.join(missing)}")
+
+
+def validate_imagenet(root: Path) -> dict[str, Any]:
+    """Check `<root>/{train,val}/<wnid>/*.JPEG`; return class names and image counts."""
+    root = Path(root)
+    _require(root, "ImageNet", ("train/", "val/"))
+    train = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    val = sorted(d.name for d in (root / "val").iterdir() if d.is_dir())
+    if not train:
+        raise DataError(f"ImageNet root {root}: train/ has no class folders (expected train/<wnid>/*.JPEG)")
+    if val != train:
+        extra = sorted(set(val) ^ set(train))[:3]
+        raise DataError(
+            f"ImageNet root {root}: val/ class folders differ from train/ (e.g. {', '.join(extra) or 'none'}); "
+            "val must be in class-folder layout val/<wnid>/*.JPEG"
+        )
+    counts = {}
+    for split in ("train", "val"):
+        n = 0
+        for c in train:
+            k = sum(1 for e in os.scandir(root / split / c) if e.name.lower().endswith(IMAGE_SUFFIXES))
+            if k == 0:
+                raise DataError(f"ImageNet root {root}: {split}/{c}/ holds no images")
+            n += k
+        counts[split] = n
+    names = dict.fromkeys(train, "")
+    mapping = root / "LOC_synset_mapping.txt"
+    if mapping.is_file():
+        for line in mapping.read_text().splitlines():
+            wnid, _, name = line.partition(" ")
+            if wnid in names:
+                names[wnid] = name.split(",")[0].strip()
+    return {"classes": len(train), "class_names": [names[w] or w for w in train], "images": counts}
+
+
+def validate_coco(root: Path) -> dict[str, Any]:
+    """Check `<root>/{train2017,val2017}/` and `annotations/instances_{train,val}2017.json`."""
+    root = Path(root)
+    _require(root, "COCO", ("train2017/", "val2017/", "annotations/instances_train2017.json",
+                            "annotations/instances_val2017.json"))
+    val_json = root / "annotations" / "instances_val2017.json"
+    try:
+        cats = json.loads(val_json.read_text())["categories"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"COCO root {root}: cannot read categories from {val_json}: {e}") from None
+    cats = sorted(cats, key=lambda c: c["id"])
+    counts = {s: sum(1 for e in os.scandir(root / f"{s}2017") if e.name.lower().endswith(IMAGE_SUFFIXES))
+              for s in ("train", "val")}
+    return {"classes": len(cats), "class_names": [c["name"] for c in cats], "images": counts}
+
+
+def validate_ade20k(root: Path, classes: int | None = None) -> dict[str, Any]:
+    """Check the ADEChallengeData2016 layout: every image has its label PNG."""
+    root = Path(root)
+    dirs = [f"{k}/{s}/" for k in ("images", "annotations") for s in ("training", "validation")]
+    _require(root, "ADE20K", dirs)
+    counts = {}
+    for split, tag in (("training", "train"), ("validation", "val")):
+        imgs = _images(root / "images" / split)
+        if not imgs:
+            raise DataError(f"ADE20K root {root}: images/{split}/ holds no images")
+        labels = {p.stem for p in (root / "annotations" / split).glob("*.png")}
+        missing = [p.stem for p in imgs if p.stem not in labels]
+        if missing:
+            raise DataError(f"ADE20K root {root}: missing annotations/{split}/{missing[0]}.png"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        counts[tag] = len(imgs)
+    names: list[str] = []
+    info = root / "objectInfo150.txt"
+    if info.is_file():  # Idx  Ratio  Train  Val  Name (tab-separated, with a header line)
+        names = [line.split("\t")[-1].split(";")[0].split(",")[0].strip()
+                 for line in info.read_text().splitlines()[1:] if line.strip()]
+    n = classes or len(names) or ADE20K_CLASSES
+    return {"classes": n, "class_names": names[:n], "images": counts}
+
+
+
+# ---------------------------------------------------------------- manifest
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """What `data/manifest.json` says; roots are absolute or relative to the working directory."""
+
+    imagenet: Path  # train/<wnid>/*.JPEG, val/<wnid>/*.JPEG
+    coco: Path  # {train,val}2017/*.jpg, annotations/instances_{train,val}2017.json
+    ade20k: Path  # images/{training,validation}/*.jpg, annotations/<same>/*.png (0 = other, 1..K)
+    imagenet_classes: int
+    coco_classes: int  # categories in the COCO json (ids 1..K for embedded data)
+    ade20k_classes: int  # K: label values 1..K; 0 is "other" (mmseg reduce_zero_label=True)
+    class_names: dict[str, tuple[str, ...]]  # per dataset (may be empty for real ADE20K)
+    images: dict[str, int]  # "imagenet/train", "coco/val", "ade20k/train", ... -> image count
+    embedded: tuple[str, ...]  # datasets generated by prepare-data (the others are real paths)
+
+
+def read_manifest(path: str | Path = Path("data") / MANIFEST) -> Manifest:
+    """Read a manifest written by `prepare-data`; embedded roots resolve next to the manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset manifest not found: {path} (run `mimrepro prepare-data` or `dvc repro prepare-data`)")
+    try:
+        ds = json.loads(path.read_text())
+        roots = {k: Path(ds[k]["root"]) for k in ("imagenet", "coco", "ade20k")}
+        return Manifest(
+            **{k: (r if r.is_absolute() else path.parent / r) for k, r in roots.items()},
+            imagenet_classes=int(ds["imagenet"]["classes"]),
+            coco_classes=int(ds["coco"]["classes"]),
+            ade20k_classes=int(ds["ade20k"]["classes"]),
+            class_names={k: tuple(ds[k]["class_names"]) for k in roots},
+            images={f"{k}/{s}": int(n) for k in roots for s, n in sorted(ds[k]["images"].items())},
+            embedded=tuple(k for k in roots if ds[k]["embedded"]),
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a valid dataset manifest ({type(e).__name__}: {e})") from None
+
+
+DATASETS = ("imagenet", "coco", "ade20k")
+
+
+def locate(data: str | Path, name: str) -> Path:
+    """Root of dataset `name`: the one recorded in a manifest (a .json file written by prepare-data),
+    or `data` itself when it is a folder (a dataset root given on the command line)."""
+    if name not in DATASETS:
+        raise DataError(f"no dataset {name!r}; choose {', '.join(DATASETS)}")
+    data = Path(data)
+    if data.is_dir():
+        return data
+    if not data.exists():
+        hint = "run `mimrepro prepare-data` or `dvc repro prepare-data`" if data.suffix == ".json" else "not a dataset folder either"
+        raise DataError(f"dataset manifest not found: {data} ({hint})")
+    if data.suffix != ".json":
+        raise DataError(f"{data}: neither a dataset folder nor a manifest (.json) written by prepare-data")
+    return Path(getattr(read_manifest(data), name))
+
+

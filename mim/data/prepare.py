@@ -1,0 +1,178 @@
+"""`prepare-data`: the `data` params section, the embedded datasets and the manifest that records them.
+
+Each dataset is either generated (root null: mim/data/synth.py writes the embedded stand-in under
+`data/`) or real (root set: its layout is checked, mim/data/manifest.py, and only its path is
+recorded).  `write_data` builds into a temporary sibling folder and swaps it in, so a crash
+never leaves a half-written `data/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mim.data import synth
+from mim.data.manifest import MANIFEST, Manifest, read_manifest, validate_ade20k, validate_coco, validate_imagenet
+from mim.errors import ConfigError, DataError
+
+Progress = Callable[[Iterable[int], int, str], Iterable[int]]
+
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageNetData:
+    """ImageNet-1k in class-folder layout; root=None generates the embedded stand-in."""
+
+    root: str | None = None  # <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG
+    classes: int = 10  # generator only (like every field below)
+    train_per_class: int = 100
+    val_per_class: int = 20
+    image_size: int = 64
+    max_rotation: float = 180.0  # objects tilt within +-this many degrees (180 = any orientation)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SceneData:
+    """COCO or ADE20K; root=None generates the embedded stand-in with several objects per image."""
+
+    root: str | None = None
+    classes: int = 10
+    train_images: int = 48
+    val_images: int = 8
+    image_size: int = 128
+    objects: tuple[int, int] = (2, 5)  # objects per image, min and max
+    max_rotation: float = 180.0  # objects tilt within +-this many degrees (180 = any orientation)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetsConfig:
+    """The `data` params section."""
+
+    seed: int = 0
+    imagenet: ImageNetData = field(default_factory=ImageNetData)
+    coco: SceneData = field(default_factory=SceneData)
+    ade20k: SceneData = field(default_factory=SceneData)
+
+
+def check_config(cfg: DatasetsConfig, where: str = "data") -> None:
+    """Range checks that types alone do not catch; errors name the dotted key."""
+    n_shapes = len(synth.SHAPE_NAMES)
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{where}.{key}: {msg}")
+
+    parts: list[tuple[str, Any]] = [("imagenet", cfg.imagenet), ("coco", cfg.coco), ("ade20k", cfg.ade20k)]
+    for name, d in parts:
+        if d.root is not None:
+            need(d.root.strip() != "", f"{name}.root", "empty path (use null to generate the embedded data)")
+            continue
+        need(2 <= d.classes <= n_shapes, f"{name}.classes", f"{d.classes} is outside 2..{n_shapes} (the generator's shapes)")
+        need(16 <= d.image_size <= 1024, f"{name}.image_size", f"{d.image_size} is outside 16..1024")
+        need(0 <= d.max_rotation <= 180, f"{name}.max_rotation", f"{d.max_rotation} is outside 0..180 degrees")
+        if isinstance(d, ImageNetData):
+            need(d.train_per_class >= 1, f"{name}.train_per_class", "must be >= 1")
+            need(d.val_per_class >= 1, f"{name}.val_per_class", "must be >= 1")
+        else:
+            need(d.train_images >= 1, f"{name}.train_images", "must be >= 1")
+            need(d.val_images >= 1, f"{name}.val_images", "must be >= 1")
+            need(1 <= d.objects[0] <= d.objects[1] <= 12, f"{name}.objects",
+                 f"{list(d.objects)} must be [min, max] with 1 <= min <= max <= 12")
+
+
+
+def tree_sha256(root: Path) -> str:
+    """sha256 over every file under `root`: relative path and content, in sorted order.
+
+    Recorded in the manifest for generated data, so stages can depend on data/manifest.json
+    alone (DVC then need not walk the image folders on every `dvc repro`) and still rerun
+    whenever any generated file changes, e.g. after an edit of the generator.
+    """
+    h = hashlib.sha256()
+    for p in sorted(q for q in Path(root).rglob("*") if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+
+
+def _silent(it: Iterable[int], total: int, desc: str) -> Iterable[int]:
+    return it
+
+
+def build(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: str = "data") -> dict[str, Any]:
+    """Generate the embedded datasets under `out` (or check the real ones) and return the manifest.
+
+    `where` names the params section in error messages (e.g. "params/paper.yaml: data").
+    """
+    out = Path(out)
+    ds: dict[str, Any] = {}
+    # Real paths first: a wrong path fails before minutes of generating.
+    real = {"imagenet": validate_imagenet, "coco": validate_coco, "ade20k": validate_ade20k}
+    errors = []
+    for name, check in real.items():
+        root = getattr(cfg, name).root
+        if root is not None:
+            path = Path(os.path.abspath(os.path.expanduser(root)))
+            try:
+                ds[name] = {"root": str(path), "embedded": False, **check(path)}
+            except DataError as e:
+                errors.append(f"{e} (set in {where}.{name}.root)")
+    if errors:
+        raise DataError("; ".join(errors))
+
+    if cfg.imagenet.root is None:
+        c = cfg.imagenet
+        synth.write_imagenet(out / "imagenet", classes=c.classes, train_per_class=c.train_per_class,
+                             val_per_class=c.val_per_class, image_size=c.image_size, seed=cfg.seed,
+                             max_rotation=c.max_rotation, progress=progress)
+        ds["imagenet"] = {"root": "imagenet", "embedded": True, "sha256": tree_sha256(out / "imagenet"),
+                          **validate_imagenet(out / "imagenet")}
+    if cfg.coco.root is None:
+        c = cfg.coco
+        synth.write_coco(out / "coco", classes=c.classes, train_images=c.train_images, val_images=c.val_images,
+                         image_size=c.image_size, objects=c.objects, seed=cfg.seed, max_rotation=c.max_rotation,
+                         progress=progress)
+        ds["coco"] = {"root": "coco", "embedded": True, "sha256": tree_sha256(out / "coco"), **validate_coco(out / "coco")}
+    if cfg.ade20k.root is None:
+        c = cfg.ade20k
+        rel = "ade20k/ADEChallengeData2016"
+        synth.write_ade20k(out / rel, classes=c.classes, train_images=c.train_images, val_images=c.val_images,
+                           image_size=c.image_size, objects=c.objects, seed=cfg.seed, max_rotation=c.max_rotation,
+                           progress=progress)
+        info = validate_ade20k(out / rel, classes=c.classes)
+        info["class_names"] = list(synth.SHAPE_NAMES[: c.classes])
+        ds["ade20k"] = {"root": rel, "embedded": True, "sha256": tree_sha256(out / rel), **info}
+    # the generating params: a regenerated dataset changes the manifest, so training stages restart
+    manifest = {"version": 1, "seed": cfg.seed, "params": dataclasses.asdict(cfg), **ds}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def write_data(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: str = "data") -> Manifest:
+    """`build` into a temporary sibling folder, then swap it in: a crash leaves no half-written `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the data folder is not
+    old = out.parent / f".{out.name}.old"
+    try:
+        build(cfg, tmp, progress, where)
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return read_manifest(out / MANIFEST)
+

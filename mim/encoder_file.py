@@ -1,0 +1,80 @@
+"""Student encoders on disk: safetensors with timm `VisionTransformer` key names.
+
+The file's metadata holds the architecture ("vit" -> JSON of ViTConfig fields), so any stage
+(fine-tune, probe, detection, segmentation, token diversity) rebuilds the encoder from the file
+alone.  Keys: cls_token, pos_embed, patch_embed.proj.*, blocks.N.*, norm.* — exactly timm's, so
+`timm.create_model("vit_base_patch16_224", num_classes=0)` loads them strictly.
+
+`EncoderFile.read(path)` reads a file once into one object (config, weights, metadata, sha256);
+reading the same unchanged file again in the same process returns that object.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mim.checkpoint import SafetensorsFile, read_safetensors, save_safetensors
+from mim.config import from_dict
+from mim.errors import MimError
+from mim.vit import ViTConfig, ViTEncoder
+
+FORMAT = "mimrepro-vit-encoder/1"
+
+
+@dataclass(frozen=True, eq=False)
+class EncoderFile:
+    path: Path
+    config: ViTConfig
+    state: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    sha256: str
+
+    @classmethod
+    def read(cls, path: Path) -> EncoderFile:
+        path = Path(path)
+        key = _key(path)
+        if key is not None and _last.get("key") == key:
+            return _last["file"]
+        out = cls.parse(read_safetensors(path, "encoder"))
+        _last.update(key=key, file=out)  # one file held: the last one read
+        return out
+
+    @classmethod
+    def parse(cls, f: SafetensorsFile) -> EncoderFile:
+        """An encoder from a safetensors file already read (e.g. one that may hold a teacher)."""
+        if "vit" not in f.metadata:
+            raise MimError(f"{f.path} has no 'vit' architecture metadata; was it written by mimrepro?")
+        try:
+            arch = json.loads(f.metadata["vit"])
+        except ValueError as e:
+            raise MimError(f"{f.path}: unreadable 'vit' metadata: {e}") from None
+        return cls(f.path, from_dict(ViTConfig, arch, where=f"{f.path}: vit metadata"), f.state, f.metadata, f.sha256)
+
+    def build(self, **overrides: object) -> ViTEncoder:
+        """A fresh encoder (optionally with e.g. drop_path=0.1) holding these weights, loaded strictly."""
+        enc = ViTEncoder(dataclasses.replace(self.config, **overrides))  # type: ignore[arg-type]
+        try:
+            enc.load_state_dict(self.state, strict=True)
+        except RuntimeError as e:
+            raise MimError(f"{self.path} does not fit its own 'vit' metadata: {str(e).splitlines()[0]}") from None
+        return enc
+
+
+_last: dict[str, object] = {}
+
+
+def _key(path: Path) -> tuple[str, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def save_encoder(path: Path, encoder: ViTEncoder, extra: dict[str, str] | None = None) -> None:
+    meta = {"format": FORMAT, "vit": json.dumps(dataclasses.asdict(encoder.cfg)), **(extra or {})}
+    save_safetensors(Path(path), encoder.state_dict(), meta)  # detaches and copies to CPU itself

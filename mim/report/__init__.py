@@ -1,0 +1,1 @@
+"""Tables regenerated from the metrics files: the results table and the teacher table with its plot."""

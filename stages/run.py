@@ -1,0 +1,23 @@
+"""Process set-up and training for the stage commands that run the engine (mim/engine.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mim.engine import RunConfig, Task, fit, setup
+from stages.common import load
+
+
+def start(params: Path) -> RunConfig:
+    """The `run` section, with the process set up by it (threads, torchrun's process group)."""
+    run = load(params, "run", RunConfig)
+    setup(run)
+    return run
+
+
+CHECKPOINT = "checkpoint.pt"  # a run folder's resume state (mim.engine.fit)
+
+
+def fit_in(task: Task, run: RunConfig, run_dir: Path, config: dict[str, Any], desc: str) -> dict[str, float]:
+    """`mim.engine.fit` with the checkpoint and the dvclive logs in the run folder."""
+    return fit(task, run, checkpoint=Path(run_dir) / CHECKPOINT, log_dir=Path(run_dir), config=config, desc=desc)
