@@ -1,4 +1,5 @@
 """Typed, frozen configuration: plain data (a params section) -> dataclasses that reject unknown keys.
+`read_mapping` reads a file of plain data (a metrics JSON; the stages hand it YAML's parser).
 
 Nothing in `mim/` reads YAML: the stages read `params/<profile>.yaml` (stages/params.py) and
 hand each section to `from_dict`, which builds the frozen dataclass the library takes.  Every
@@ -7,11 +8,14 @@ error names the file and the dotted key, so a typo in a params file is a one-lin
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
-from mim.errors import ConfigError
+from mim.errors import ConfigError, MimError
 
 T = TypeVar("T")
 
@@ -111,3 +115,19 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
+
+
+def read_mapping(path: str | Path, what: str, fmt: str = "JSON", parse: Callable[[str], Any] = json.loads,
+                 error: type[MimError] = MimError) -> dict[str, Any]:
+    """A file holding one mapping (JSON; the stages pass yaml.safe_load for params files), with
+    one-line errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        data = parse(path.read_text())
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: the parser's own message
+        raise error(f"{path}: not valid {fmt}: {e}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data

@@ -15,6 +15,10 @@ from typing import Any
 
 from torch import nn
 
+# The ViT's learned tokens and position table, never decayed (MAE's and BEiT's no_weight_decay);
+# DINO decays everything but biases and norms.
+VIT_TOKENS = ("cls_token", "pos_embed", "mask_token")
+
 
 def weight_decay_groups(model: nn.Module, weight_decay: float, no_decay: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Two groups: weights decayed; biases, norms (1-D) and the named tokens not decayed.

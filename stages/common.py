@@ -30,16 +30,9 @@ PROFILE_FILE = Path("params/profile.yaml")
 
 # --- params files --------------------------------------------------------------------------------
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
+    from mim.config import read_mapping
+
+    return read_mapping(path, "params file", "YAML", yaml.safe_load, ConfigError)
 
 
 def section(path: str | Path, name: str) -> Any:

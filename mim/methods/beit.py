@@ -35,6 +35,7 @@ from mim.engine import OptimConfig, Task, make_task
 from mim.errors import MimError
 from mim.masking import blockwise_mask
 from mim.methods import Inputs
+from mim.param_groups import VIT_TOKENS
 from mim.tokenizer.frozen import Tokenizer, load_tokenizer
 from mim.vit import ViTConfig, ViTEncoder
 
@@ -65,7 +66,6 @@ class Config:
 
 
 INPUT = "the tokenizer file (written by `mimrepro tokenizer`)"
-NO_DECAY = ("pos_embed", "cls_token", "mask_token")
 PAPER: dict[str, tuple[float, str]] = {
     "finetune/top1": (83.2, "papers.md: BEiT, Reported ViT-B"),
     "detect/bbox_AP": (49.8, "papers.md: BEiT, COCO as reproduced in the MAE paper"),
@@ -178,6 +178,6 @@ def task(cfg: Config, inputs: Inputs) -> Task:
         ids = tokenizer.to(imgs.device).tokens(tok_imgs)  # (N, h, w), frozen, no grad
         return model(imgs, ids, mask)
 
-    t = make_task(lambda: BEiT(enc_cfg, tokenizer.vocab_size, cfg.model.init_std), images, cfg.optim, inputs.run, step, no_decay=NO_DECAY)
+    t = make_task(lambda: BEiT(enc_cfg, tokenizer.vocab_size, cfg.model.init_std), images, cfg.optim, inputs.run, step, no_decay=VIT_TOKENS)
     t.info = {"tokenizer": tokenizer.kind}
     return t

@@ -55,6 +55,7 @@ from mim.engine import OptimConfig, RunConfig, Task, make_task
 from mim.errors import MimError
 from mim.masking import block_masking, patches_to_blocks
 from mim.methods import Inputs
+from mim.param_groups import VIT_TOKENS
 from mim.teacher.frozen import Teacher, load_teacher
 from mim.vit import ViTConfig, ViTEncoder, init_module
 
@@ -91,7 +92,6 @@ class Config:
 
 
 INPUT = "the frozen teacher's weights (a timm CNN backbone or a student encoder, .safetensors)"
-NO_DECAY = ("cls_token", "pos_embed", "mask_token")
 PAPER: dict[str, tuple[float, str]] = {
     "finetune/top1": (85.1, "papers.md: Img2Vec, Reported (abstract) ViT-B"),
     "segment/mIoU": (50.7, "papers.md: Img2Vec, Reported (abstract; model size not stated)"),
@@ -277,6 +277,6 @@ def build_task(cfg: Config, enc: ViTConfig, images: Dataset, teacher: Teacher, r
         target = teacher_targets(teacher.to(imgs.device), imgs, geo, cfg.model.target_norm)  # (N, B, C)
         return model(imgs, target)
 
-    t = make_task(lambda: Img2Vec(enc, cfg.model, geo, teacher.dim), images, cfg.optim, run, step, no_decay=NO_DECAY)
+    t = make_task(lambda: Img2Vec(enc, cfg.model, geo, teacher.dim), images, cfg.optim, run, step, no_decay=VIT_TOKENS)
     t.info = {"teacher_name": teacher.name, "mask_block_patches": str(geo.block), "teacher_img_size": str(geo.teacher_img_size)}
     return t

@@ -19,6 +19,7 @@ from mim.decoder import MAEDecoder
 from mim.engine import OptimConfig, Task, make_task
 from mim.masking import random_mask_ids
 from mim.methods import Inputs
+from mim.param_groups import VIT_TOKENS
 from mim.vit import ViTConfig, ViTEncoder, init_module
 
 
@@ -46,7 +47,6 @@ class Config:
 
 
 INPUT = None  # pixels are the target
-NO_DECAY = ("cls_token", "pos_embed", "mask_token")  # with biases and norms (MAE: timm's param_groups_weight_decay)
 PAPER: dict[str, tuple[float, str]] = {
     "finetune/top1": (83.6, "papers.md: MAE, Reported (ViT-B)"),
     "probe/linear_top1": (68.0, "papers.md: MAE, Reported (ViT-B)"),
@@ -123,4 +123,4 @@ def task(cfg: Config, inputs: Inputs) -> Task:
         imgs, _ = batch  # labels unused
         return model(imgs)
 
-    return make_task(lambda: MAE(enc, cfg.model), images, cfg.optim, inputs.run, step, no_decay=NO_DECAY)
+    return make_task(lambda: MAE(enc, cfg.model), images, cfg.optim, inputs.run, step, no_decay=VIT_TOKENS)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from mim.errors import MimError
+from mim.config import read_mapping
 
 Paper = dict[str, dict[str, tuple[float, str]]]  # student -> "<task>/<key>" -> (value, source)
 
@@ -58,15 +57,7 @@ def find_students(metrics_dir: Path, columns: list[Column] = COLUMNS, first: tup
 
 def read_metrics(metrics_dir: Path, task: str, student: str) -> dict[str, float]:
     path = metrics_dir / task / f"{student}.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MimError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise MimError(f"{path}: expected a JSON object of numbers")
-    return data
+    return read_mapping(path, "metrics file") if path.is_file() else {}
 
 
 def build_table(

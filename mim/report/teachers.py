@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from mim.checkpoint import atomic_write
+from mim.config import read_mapping
 from mim.errors import MimError
 
 ACC_KEYS = ("top1", "acc1", "top1_acc", "accuracy")
 COLUMNS = ("teacher", "params_m", "tokens_per_image", "diversity", "diversity_std", "num_images", "student_top1")
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise MimError(f"cannot read metrics {path}: {e}") from None
 
 
 def student_top1(metrics_dir: Path, teacher: str, default_teacher: str = "dino_rn50") -> float | None:
@@ -32,7 +25,7 @@ def student_top1(metrics_dir: Path, teacher: str, default_teacher: str = "dino_r
     for name in names:
         path = Path(metrics_dir) / "finetune" / f"{name}.json"
         if path.is_file():
-            m = _read(path)
+            m = read_mapping(path, "metrics file")
             for key in ACC_KEYS:
                 if key in m:
                     return float(m[key])
@@ -44,7 +37,7 @@ def teacher_rows(metrics_dir: Path) -> list[dict[str, Any]]:
     """One row per metrics/diversity/*.json, sorted by diversity (highest first)."""
     rows = []
     for path in sorted((Path(metrics_dir) / "diversity").glob("*.json")):
-        m = _read(path)
+        m = read_mapping(path, "metrics file")
         rows.append(
             {
                 "teacher": path.stem,
