@@ -132,7 +132,7 @@ class LevelMaxPool(LastLevelMaxPool):
 
 
 class DvcLiveWriter(EventWriter):
-    """Training losses and lr from detectron2's event storage into dvclive (logs/<run>/, as every stage)."""
+    """Training losses and lr from detectron2's event storage into dvclive (in the run folder, as every stage)."""
 
     def __init__(self, log_dir: Path, resume: bool, window: int = 20) -> None:
         from dvclive import Live  # lazy: dvclive imports dvc

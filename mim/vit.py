@@ -2,7 +2,7 @@
 
 Built from timm's `PatchEmbed` and `Block` (attention through scaled_dot_product_attention),
 with the same parameter names as timm's `VisionTransformer`, so an encoder state_dict loads
-into `timm.create_model("vit_*_patch16_224")` unchanged (see mim/export.py).
+into `timm.create_model("vit_*_patch16_224")` unchanged (see mim/encoder_file.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What every stage command shares: reading params files, the path options, process set-up.
+"""What every stage command shares: reading params files and the path options.
 
 Params: `load(params, "mae", Config)` reads one section of a params file into the frozen
 dataclass the library takes (the only place YAML is read); every error names the file and the
