@@ -111,3 +111,27 @@ def test_converted_dalle_encoder_gives_the_same_ids(tmp_path, capsys):
     torch.save({"blocks.input.w": torch.zeros(1)}, tmp_path / "wrong.pkl")
     with pytest.raises(MimError, match="not a DALL-E"):
         convert_dalle(tmp_path / "wrong.pkl", tmp_path / "wrong.safetensors")
+
+
+def test_stage_exports_the_converted_dalle_encoder(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from stages.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    torch.save(dalle_encoder(n_hid=16, n_blk_per_group=1, vocab_size=64), tmp_path / "encoder.pkl")
+    res = CliRunner().invoke(main, ["convert-dalle", "encoder.pkl", "dalle.safetensors"])
+    assert res.exit_code == 0, res.output
+    make_imagenet(tmp_path / "img", classes=2, train=1, val=2, size=40)
+    (tmp_path / "p.yaml").write_text(
+        "run: {seed: 0, threads: 1}\ntokenizer: {mode: dalle, dalle_weights: dalle.safetensors, model: {image_size: 32}}\n")
+    args = ["tokenizer", "--params", "p.yaml", "--data", "img", "--out", "tok.safetensors", "--metrics", "m.json", "--run", "runs/tok"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    tok = load_tokenizer(tmp_path / "tok.safetensors")
+    assert (tok.kind, tok.vocab_size, tok.grid) == ("dalle", 64, 4)
+    assert json.loads((tmp_path / "m.json").read_text())["vocab_size"] == 64
+    assert (tmp_path / "runs/tok").is_dir()  # dvc.yaml's run folder exists even though nothing trained
