@@ -47,6 +47,7 @@ from detectron2.utils.logger import setup_logger
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import DictConfig, OmegaConf
 
+from downstream.det_config import DetectConfig
 from downstream.vitdet_convert import load_into_vit, vit_kwargs
 from mim.checkpoint import claim_run_dir, write_json
 from mim.config import to_dict
@@ -58,37 +59,6 @@ from mim.vit import ViTConfig
 TASKS = ("bbox", "segm")
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TRAIN_NAME, VAL_NAME = "mimrepro_coco_train2017", "mimrepro_coco_val2017"
-
-
-@dataclass(frozen=True, kw_only=True)
-class DetectConfig:
-    """ViTDet Mask R-CNN fine-tuning; defaults are mask_rcnn_vitdet_b_100ep (ViTDet, COCO)."""
-
-    img_size: int = 1024  # LSJ crop size, test resize (long side) and square padding
-    lsj_scale: tuple[float, float] = (0.1, 2.0)  # large-scale jitter range
-    window_size: int = 14  # window attention in every block but the global ones; 0 = all global
-    global_blocks: tuple[int, ...] = (2, 5, 8, 11)
-    use_rel_pos: bool = True
-    drop_path: float = 0.1
-    scale_factors: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)  # simple feature pyramid, x patch stride
-    fpn_channels: int = 256  # width of every pyramid level and of the RPN / RoI head inputs
-    anchor_scale: float = 8.0  # anchor side = anchor_scale * level stride (stock: 32 px at stride 4)
-    box_head_convs: tuple[int, ...] = (256, 256, 256, 256)  # 4conv1fc box head
-    box_head_fcs: tuple[int, ...] = (1024,)
-    mask_head_dims: tuple[int, ...] = (256, 256, 256, 256, 256)  # 4 convs + deconv width (last)
-    roi_batch_per_image: int = 512  # sampled RoIs per training image
-    test_proposals: int = 1000  # RPN post-NMS proposals per image at test time
-    test_score_thresh: float = 0.05  # detections below are dropped (0: always keep the top 100)
-    batch_size: int = 64  # images per iteration over all GPUs
-    max_iter: int = 184375
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.1
-    layer_decay: float = 0.7
-    warmup_iters: int = 250
-    lr_steps: tuple[int, ...] = (163889, 177546)  # lr x0.1 at each
-    checkpoint_period: int = 5000
-    log_period: int = 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,8 +169,6 @@ def build_config(job: DetectJob, enc_cfg: ViTConfig, classes: int) -> DictConfig
     """The LazyConfig of this run: model, dataloaders, evaluator, optimizer, schedule, train."""
     det = job.det
     names, strides = pyramid(enc_cfg.patch_size, det.scale_factors)
-    if not det.box_head_fcs or not det.mask_head_dims:
-        raise MimError("detect.box_head_fcs and detect.mask_head_dims need at least one entry")
 
     model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
     bb = model.backbone

@@ -19,38 +19,61 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mim.config import Betas, DropRate, LayerDecay, NonNegFloat, NonNegInt, PosFloat, PosInt, Ratios
 from mim.data.images import IMAGENET_MEAN, IMAGENET_STD
 from mim.data.manifest import locate, read_manifest, validate_ade20k
 from mim.encoder_file import EncoderFile
 from mim.engine import RunConfig, setup
 from mim.errors import MimError
+from mim.vit import ViTConfig
 
 
 @dataclass(frozen=True, kw_only=True)
 class SegmentConfig:
     """UperNet fine-tuning of a ViT student on an ADE20K-layout dataset (iteration based)."""
 
-    out_blocks: tuple[int, ...] = (4, 6, 8, 12)  # 1-based blocks whose outputs feed the pyramid
-    crop_size: int = 512
-    img_scale: tuple[int, int] = (2048, 512)  # (long, short) resize target before cropping / for eval
-    ratio_range: tuple[float, float] = (0.5, 2.0)  # random rescale range around img_scale (training)
-    iters: int = 160_000
-    batch_size: int = 16  # images per iteration, summed over GPUs
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.05
-    layer_decay: float = 0.65
-    warmup_iters: int = 1500
-    poly_power: float = 1.0
-    drop_path: float = 0.1
-    head_channels: int = 768  # UPerHead width
-    aux_channels: int = 256  # FCN auxiliary head width
-    aux_weight: float = 0.4
+    out_blocks: tuple[PosInt, ...] = (4, 6, 8, 12)  # 1-based blocks whose outputs feed the pyramid
+    crop_size: PosInt = 512
+    img_scale: tuple[PosInt, PosInt] = (2048, 512)  # (long, short) resize target before cropping / for eval
+    ratio_range: Ratios = (0.5, 2.0)  # random rescale range around img_scale (training)
+    iters: PosInt = 160_000
+    batch_size: PosInt = 16  # images per iteration, summed over GPUs
+    lr: PosFloat = 1e-4
+    betas: Betas = (0.9, 0.999)
+    weight_decay: NonNegFloat = 0.05
+    layer_decay: LayerDecay = 0.65
+    warmup_iters: NonNegInt = 1500
+    poly_power: PosFloat = 1.0
+    drop_path: DropRate = 0.1
+    head_channels: PosInt = 768  # UPerHead width
+    aux_channels: PosInt = 256  # FCN auxiliary head width
+    aux_weight: NonNegFloat = 0.4
     test_mode: Literal["slide", "whole"] = "slide"
-    slide_stride: int = 341  # slide window stride (single scale)
-    val_interval: int = 16_000  # also evaluated after the last iteration
-    checkpoint_interval: int = 16_000
-    log_interval: int = 50
+    slide_stride: PosInt = 341  # slide window stride (single scale)
+    val_interval: PosInt = 16_000  # also evaluated after the last iteration
+    checkpoint_interval: PosInt = 16_000
+    log_interval: PosInt = 50
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if len(self.out_blocks) != 4:
+            out.append(("out_blocks", f"{list(self.out_blocks)} needs 4 blocks (one per pyramid level, strides 4/8/16/32)"))
+        elif list(self.out_blocks) != sorted(self.out_blocks):
+            out.append(("out_blocks", f"{list(self.out_blocks)} must be non-decreasing"))
+        if self.warmup_iters >= self.iters:
+            out.append(("warmup_iters", f"{self.warmup_iters} must be below iters {self.iters}"))
+        if self.slide_stride > self.crop_size:
+            out.append(("slide_stride", f"{self.slide_stride} exceeds crop_size {self.crop_size}: windows would leave gaps"))
+        return out
+
+    def check_encoder(self, enc: ViTConfig) -> list[tuple[str, str]]:
+        """Checks against the student encoder (the `encoder` params section or an encoder file)."""
+        out = []
+        if self.out_blocks and self.out_blocks[-1] > enc.depth:
+            out.append(("out_blocks", f"{list(self.out_blocks)} reach past the encoder's {enc.depth} blocks"))
+        if self.crop_size % enc.patch_size:
+            out.append(("crop_size", f"{self.crop_size} is not a multiple of the patch size {enc.patch_size}"))
+        return out
 
 
 # --- dataset ---------------------------------------------------------------------------------
@@ -85,15 +108,13 @@ def build_config(
     cfg: SegmentConfig, run: RunConfig, data: SegData, encoder: Path, work_dir: Path, *, cuda: bool
 ) -> dict[str, Any]:
     """The complete mmseg/mmengine config as a plain dict."""
-    from downstream.seg_backbone import PYRAMID_STRIDES, pyramid_rescales  # noqa: PLC0415  (torch, timm: no mmseg)
+    from downstream.seg_backbone import pyramid_rescales  # noqa: PLC0415  (torch, timm: no mmseg)
 
     vit = EncoderFile.read(encoder).config
     if cfg.batch_size % world_size():
         raise MimError(f"segment.batch_size {cfg.batch_size} is not divisible by the {world_size()} processes")
-    if len(cfg.out_blocks) != len(PYRAMID_STRIDES):
-        raise MimError(f"segment.out_blocks needs {len(PYRAMID_STRIDES)} blocks (one per pyramid level), got {list(cfg.out_blocks)}")
-    if not 0 <= cfg.warmup_iters < cfg.iters:
-        raise MimError(f"segment.warmup_iters must be in [0, iters={cfg.iters}), got {cfg.warmup_iters}")
+    for key, message in cfg.check_encoder(vit):  # SegmentConfig checked its own keys when it was read
+        raise MimError(f"segment.{key}: {message}")
     crop = (cfg.crop_size, cfg.crop_size)
     num_classes = len(data.classes)
     dim = vit.embed_dim

@@ -1,7 +1,13 @@
 """Typed, frozen configuration: plain data (a params section) -> dataclasses that reject unknown keys.
 `read_mapping` reads a file of plain data (a metrics JSON; the stages hand it YAML's parser).
 
-Nothing in `mim/` reads YAML: the stages read `params/<profile>.yaml` (stages/params.py) and
+Allowed values are declared on the fields, so every key is checked where it is read:
+`mask_ratio: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)]`, `epochs: PosInt`,
+`crop_scale: Scale` ...; a dataclass can add checks across its fields in `problems()`, which
+returns (key, message) pairs.  A violation is one line naming file, key, value and what is allowed:
+`params/smoke.yaml: mae.model.mask_ratio: 1.2 is outside (0, 1)`.
+
+Nothing in `mim/` reads YAML: the stages read `params/<profile>.yaml` (stages/common.py) and
 hand each section to `from_dict`, which builds the frozen dataclass the library takes.  Every
 error names the file and the dotted key, so a typo in a params file is a one-line message.
 """
@@ -9,15 +15,80 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from mim.errors import ConfigError, MimError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number's allowed interval; None = unbounded, *_open = the end itself is excluded."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def ok(self, v: float) -> bool:
+        if v != v:  # NaN
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{'(' if self.lo_open or self.lo is None else '['}{lo}, {hi}{')' if self.hi_open or self.hi is None else ']'}"
+
+    def problem(self, v: Any) -> str | None:
+        return None if self.ok(v) else f"{v!r} is outside {self}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """Any other rule on one value: `test(value)` True when allowed; `text` says what is allowed."""
+
+    test: Callable[[Any], bool]
+    text: str
+
+    def problem(self, v: Any) -> str | None:
+        return None if self.test(v) else f"{list(v) if isinstance(v, tuple) else v!r} {self.text}"
+
+
+def _scale(v: Any) -> bool:
+    return 0 < v[0] <= v[1] <= 1
+
+
+def _ordered(v: Any) -> bool:
+    return 0 < v[0] <= v[1]
+
+
+def _betas(v: Any) -> bool:
+    return all(0 <= b < 1 for b in v)
+
+
+# The field types the configs share.
+PosInt = Annotated[int, Range(1)]  # sizes, counts, epochs
+NonNegInt = Annotated[int, Range(0)]  # counts where 0 means "off" or "all"
+PosFloat = Annotated[float, Range(0, lo_open=True)]  # learning rates, temperatures
+NonNegFloat = Annotated[float, Range(0)]  # weight decay, drop rates' upper-unbounded cousins
+Fraction = Annotated[float, Range(0, 1)]  # probabilities, [0, 1]
+OpenFraction = Annotated[float, Range(0, 1, lo_open=True, hi_open=True)]  # mask ratios, (0, 1)
+Momentum = Annotated[float, Range(0, 1, hi_open=True)]  # EMA decays and momenta, [0, 1)
+DropRate = Annotated[float, Range(0, 1, hi_open=True)]  # drop path, label smoothing, [0, 1)
+LayerDecay = Annotated[float, Range(0, 1, lo_open=True)]  # layer-wise lr decay, (0, 1]
+Scale = Annotated[tuple[float, float], Check(_scale, "must be [lo, hi] with 0 < lo <= hi <= 1 (a fraction of the image)")]
+Ratios = Annotated[tuple[float, float], Check(_ordered, "must be [lo, hi] with 0 < lo <= hi")]
+Betas = Annotated[tuple[float, float], Check(_betas, "must be two numbers in [0, 1)")]
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
@@ -32,7 +103,7 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}"
         )
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in data:
@@ -41,7 +112,10 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
                 raise ConfigError(f"{where}.{name}: required key is missing")
             continue
         kwargs[name] = _coerce(hints[name], data[name], f"{where}.{name}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    for key, message in getattr(obj, "problems", lambda: [])():
+        raise ConfigError(f"{where}.{key}: {message}")
+    return obj
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -49,6 +123,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is typing.Annotated:
+        out = _coerce(args[0], value, where)
+        for rule in args[1:]:
+            problem = rule.problem(out) if out is not None else None
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
+        return out
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -82,6 +163,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-3, without a dot, as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -98,6 +181,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     raise TypeError(f"{where}: unsupported field type {tp!r}")
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _name(tp: Any) -> str:

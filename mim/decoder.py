@@ -15,6 +15,16 @@ from torch import nn
 from mim.vit import init_module, sincos_pos_embed
 
 
+def decoder_problems(dim: int, heads: int) -> list[tuple[str, str]]:
+    """Config checks of a decoder's width: heads divide it, and the 2-D sin-cos table needs 4 | dim."""
+    out = []
+    if dim % heads:
+        out.append(("decoder_heads", f"{heads} does not divide decoder_dim {dim}"))
+    if dim % 4:
+        out.append(("decoder_dim", f"{dim} is not a multiple of 4 (the 2-D sin-cos position embedding)"))
+    return out
+
+
 class MAEDecoder(nn.Module):
     def __init__(self, in_dim: int, grid: int, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()

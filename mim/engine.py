@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mim.checkpoint import load_checkpoint, save_checkpoint
+from mim.config import Betas, Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt
 from mim.data.images import epoch_seed, make_loader
 from mim.errors import MimError
 from mim.param_groups import weight_decay_groups
@@ -41,18 +42,26 @@ from mim.schedules import cosine_schedule
 class OptimConfig:
     """Optimizer and schedule.  lr = base_lr * effective_batch / 256 (MAE/DINO convention)."""
 
-    epochs: int
-    batch_size: int  # images per optimizer step, summed over processes and accumulation
-    base_lr: float
-    accum_steps: int = 1
+    epochs: PosInt
+    batch_size: PosInt  # images per optimizer step, summed over processes and accumulation
+    base_lr: PosFloat
+    accum_steps: PosInt = 1
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    min_lr: float = 0.0
-    warmup_epochs: float = 0.0
-    weight_decay: float = 0.05
-    weight_decay_end: float | None = None  # cosine wd schedule (DINO); None = constant
-    betas: tuple[float, float] = (0.9, 0.95)
-    momentum: float = 0.9  # SGD only
-    clip_grad: float | None = None
+    min_lr: NonNegFloat = 0.0
+    warmup_epochs: NonNegFloat = 0.0
+    weight_decay: NonNegFloat = 0.05
+    weight_decay_end: NonNegFloat | None = None  # cosine wd schedule (DINO); None = constant
+    betas: Betas = (0.9, 0.95)
+    momentum: Momentum = 0.9  # SGD only
+    clip_grad: PosFloat | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.batch_size % self.accum_steps:
+            out.append(("accum_steps", f"{self.accum_steps} does not divide batch_size {self.batch_size}"))
+        if self.warmup_epochs > self.epochs:
+            out.append(("warmup_epochs", f"{self.warmup_epochs:g} is longer than the run's {self.epochs} epochs"))
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,10 +73,10 @@ class RunConfig:
     `threads` only changes how fast it runs.
     """
 
-    seed: int = 0
-    num_workers: int = 0
+    seed: NonNegInt = 0
+    num_workers: NonNegInt = 0
     amp: bool = True  # bf16 autocast on CUDA; CPU runs stay in fp32 for determinism
-    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    threads: NonNegInt = 0  # torch CPU threads; 0 = leave torch's default
 
 
 Batch = Any

@@ -14,18 +14,30 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from mim.config import DropRate, NonNegInt, PosFloat, PosInt
+
 
 @dataclass(frozen=True, kw_only=True)
 class ViTConfig:
-    img_size: int = 224
-    patch_size: int = 16
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.0
-    layer_scale: float | None = None  # LayerScale init (BEiT: 0.1); None = off
-    in_chans: int = 3
+    img_size: PosInt = 224
+    patch_size: PosInt = 16
+    embed_dim: PosInt = 768
+    depth: NonNegInt = 12
+    num_heads: PosInt = 12
+    mlp_ratio: PosFloat = 4.0
+    drop_path: DropRate = 0.0
+    layer_scale: PosFloat | None = None  # LayerScale init (BEiT: 0.1); None = off
+    in_chans: PosInt = 3
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.img_size % self.patch_size:
+            out.append(("img_size", f"{self.img_size} is not a multiple of patch_size {self.patch_size}"))
+        if self.embed_dim % self.num_heads:
+            out.append(("num_heads", f"{self.num_heads} does not divide embed_dim {self.embed_dim}"))
+        if self.embed_dim % 4:
+            out.append(("embed_dim", f"{self.embed_dim} is not a multiple of 4 (the 2-D sin-cos position embedding)"))
+        return out
 
     @property
     def grid(self) -> int:

@@ -39,6 +39,7 @@ def profile(name: str | None) -> None:
     click.echo(f"profile: {name} (params/{name}.yaml); run `dvc repro` to rebuild what changed")
 
 # One command per DVC stage (each module keeps its heavy imports inside the command).
+from stages.check_params import check_params  # noqa: E402
 from stages.detect import detect  # noqa: E402
 from stages.finetune import finetune  # noqa: E402
 from stages.prepare_data import prepare_data  # noqa: E402
@@ -50,7 +51,7 @@ from stages.tables import tables  # noqa: E402
 from stages.token_diversity import token_diversity  # noqa: E402
 from stages.tokenizer import convert_dalle, tokenizer  # noqa: E402
 
-for _command in (prepare_data, pretrain_teacher, import_teacher, tokenizer, convert_dalle, pretrain_student, token_diversity,
+for _command in (check_params, prepare_data, pretrain_teacher, import_teacher, tokenizer, convert_dalle, pretrain_student, token_diversity,
                  finetune, probe, detect, segment, tables):
     main.add_command(_command)
 

@@ -32,6 +32,11 @@ PROFILE_FILE = Path("params/profile.yaml")
 def read_yaml(path: str | Path) -> dict[str, Any]:
     from mim.config import read_mapping
 
+    path = Path(path)
+    if not path.is_file() and path.parent == PROFILE_FILE.parent and PROFILE_FILE.is_file():
+        profiles = sorted(p.stem for p in PROFILE_FILE.parent.glob("*.yaml") if p != PROFILE_FILE)
+        raise ConfigError(f"params file not found: {path} ({PROFILE_FILE} names profile {path.stem!r}; the profiles are "
+                          f"{', '.join(profiles)}: `mimrepro profile NAME`)")
     return read_mapping(path, "params file", "YAML", yaml.safe_load, ConfigError)
 
 

@@ -25,15 +25,19 @@ def detect(encoder: Path, data: Path, metrics: Path, run_dir: Path, num_gpus: in
     require_detectron2()
     import torch
 
-    from downstream.det import CocoPaths, DetectConfig, DetectJob, run_detect
+    from downstream.det import CocoPaths, DetectJob, run_detect
+    from downstream.det_config import DetectConfig
     from mim.data.manifest import locate
     from mim.encoder_file import EncoderFile
     from mim.engine import RunConfig
-    from mim.errors import MimError
+    from mim.errors import ConfigError, MimError
 
     det = load(params_path, "detect", DetectConfig)
     run = load(params_path, "run", RunConfig)  # set up in detectron2's worker processes
-    name = EncoderFile.read(encoder).metadata.get("student", encoder.parent.name)  # clear error for a bad file
+    enc = EncoderFile.read(encoder)  # a clear error for a missing or bad file
+    for key, message in det.check_encoder(enc.config):
+        raise ConfigError(f"{params_path}: detect.{key}: {message} (the encoder {encoder})")
+    name = enc.metadata.get("student", encoder.parent.name)
     paths = CocoPaths(root=locate(data, "coco"))
     paths.check()
     gpus = torch.cuda.device_count() if num_gpus is None else num_gpus

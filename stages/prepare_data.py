@@ -19,11 +19,10 @@ def prepare_data(params_path: Path, out: Path) -> None:
     `data.*.root`) and write <out>/manifest.json, which every later stage is given as --data."""
     from tqdm import tqdm
 
-    from mim.data.prepare import DatasetsConfig, check_config, write_data
+    from mim.data.prepare import DatasetsConfig, write_data
 
-    cfg = load(params_path, "data", DatasetsConfig)
+    cfg = load(params_path, "data", DatasetsConfig)  # every key's range is checked here
     where = f"{params_path}: data"
-    check_config(cfg, where)
 
     def progress(it: Iterable[int], total: int, desc: str) -> Iterable[int]:
         return tqdm(it, total=total, desc=desc, unit="img", file=sys.stderr, leave=False,

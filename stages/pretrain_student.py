@@ -36,7 +36,7 @@ def pretrain_student(method: str, name: str, data: Path, input_path: Path | None
     from mim.config import to_dict
     from mim.encoder_file import save_encoder
     from mim.engine import is_main
-    from mim.errors import MimError
+    from mim.errors import ConfigError, MimError
     from mim.vit import ViTConfig
     from stages.run import fit_in, start
 
@@ -48,6 +48,8 @@ def pretrain_student(method: str, name: str, data: Path, input_path: Path | None
     else:
         cfg = load(params_path, method, module.Config)
     encoder = load(params_path, "encoder", ViTConfig)
+    for key, message in module.check(cfg, encoder) if hasattr(module, "check") else []:
+        raise ConfigError(f"{params_path}: {method}.{key}: {message}")
     run = start(params_path)
     if input_path is not None and module.INPUT is None and input_path != data:
         raise MimError(f"--input applies to methods that learn from another model ({_with_input()}), not {method}")

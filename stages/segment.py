@@ -22,10 +22,14 @@ def segment(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_path
     from downstream.seg import SegmentConfig, write_per_class
     from downstream.seg import segment as run_segment
     from mim.checkpoint import write_json
+    from mim.encoder_file import EncoderFile
     from mim.engine import RunConfig, is_main
+    from mim.errors import ConfigError
 
     cfg = load(params_path, "segment", SegmentConfig)
     run = load(params_path, "run", RunConfig)  # set up by the segment call (mmengine launches)
+    for key, message in cfg.check_encoder(EncoderFile.read(encoder).config):
+        raise ConfigError(f"{params_path}: segment.{key}: {message} (the encoder {encoder})")
     summary, per_class = run_segment(cfg, run, data=data, encoder=encoder, work_dir=run_dir,
                                      config_out=metrics.with_name(f"{metrics.stem}_config.py"))
     if not is_main() or not per_class:

@@ -74,3 +74,50 @@ def test_optional_and_tuple_pairs():
         from_dict(OptimConfig, {"epochs": 1, "batch_size": 8, "base_lr": 1e-3, "betas": [0.9]})
     with pytest.raises(ConfigError, match="is not one of 'adamw', 'sgd'"):
         from_dict(OptimConfig, {"epochs": 1, "batch_size": 8, "base_lr": 1e-3, "optimizer": "lamb"})
+
+
+def test_ranges_and_cross_field_checks_name_file_key_value_and_range(tmp_path):
+    from mim.methods.mae import Config as MAESection
+
+    def err(text: str) -> str:
+        with pytest.raises(ConfigError) as e:
+            load_section(write(tmp_path, text), "mae", MAESection)
+        return str(e.value)
+
+    optim = "optim: {epochs: 1, batch_size: 8, base_lr: 1.0e-3}"
+    assert err(f"mae: {{model: {{mask_ratio: 1.2}}, {optim}}}") == f"{tmp_path / 'p.yaml'}: mae.model.mask_ratio: 1.2 is outside (0, 1)"
+    assert "mae.model.mask_ratio: 0.0 is outside (0, 1)" in err(f"mae: {{model: {{mask_ratio: 0}}, {optim}}}")
+    assert "mae.optim.base_lr: -0.1 is outside (0, inf)" in err("mae: {model: {}, optim: {epochs: 1, batch_size: 8, base_lr: -0.1}}")
+    assert "mae.optim.epochs: 0 is outside [1, inf)" in err("mae: {model: {}, optim: {epochs: 0, batch_size: 8, base_lr: 0.1}}")
+    assert "mae.optim.accum_steps: 3 does not divide batch_size 8" in err(
+        "mae: {model: {}, optim: {epochs: 1, batch_size: 8, accum_steps: 3, base_lr: 0.1}}")
+    assert "mae.model.decoder_heads: 3 does not divide decoder_dim 32" in err(
+        f"mae: {{model: {{decoder_dim: 32, decoder_heads: 3}}, {optim}}}")
+    assert "mae.data.crop_scale: [0.5, 0.2] must be [lo, hi]" in err(f"mae: {{model: {{}}, data: {{crop_scale: [0.5, 0.2]}}, {optim}}}")
+    assert "mae.model.mask_ratio: nan is outside" in err(f"mae: {{model: {{mask_ratio: .nan}}, {optim}}}")
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    cfg = from_dict(OptimConfig, {"epochs": 1, "batch_size": 8, "base_lr": "1e-3", "min_lr": "2E-5"})
+    assert cfg.base_lr == 1e-3 and cfg.min_lr == 2e-5  # PyYAML reads 1e-3 (no dot) as a string
+    with pytest.raises(ConfigError, match="expected a number, got 'fast'"):
+        from_dict(OptimConfig, {"epochs": 1, "batch_size": 8, "base_lr": "fast"})
+
+
+def test_every_default_satisfies_its_own_ranges():
+    """The defaults are read back through from_dict: a default outside its declared range fails."""
+    import dataclasses
+
+    from mim.config import to_dict
+    from stages.check_params import section_types
+
+    for name, cls in section_types().items():
+        if cls is None:
+            continue
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = dataclasses.MISSING
+        required = {f.name for f in dataclasses.fields(cls) if f.default is missing and f.default_factory is missing}
+        base = {"optim": {"epochs": 1, "batch_size": 8, "base_lr": 0.1}} if "optim" in names else {}
+        base.update({k: {} for k in required - {"optim"}})
+        obj = from_dict(cls, base, where=name)
+        assert from_dict(cls, to_dict(obj), where=name) == obj, name

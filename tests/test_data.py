@@ -229,11 +229,11 @@ def test_manifest_errors(tmp_path):
 @pytest.mark.parametrize(
     "section, msg",
     [
-        ("data: {imagenet: {classes: 99}}", r"bad\.yaml: data\.imagenet\.classes: 99 is outside 2\.\.20"),
+        ("data: {imagenet: {classes: 99}}", r"bad\.yaml: data\.imagenet\.classes: 99 is outside \[2, 20\]"),
         ("data: {coco: {train_imgs: 3}}", r"bad\.yaml: data\.coco: unknown key\(s\) train_imgs"),
         ("data: {ade20k: {objects: [3, 1]}}", r"bad\.yaml: data\.ade20k\.objects: \[3, 1\] must be"),
         ("data: {seed: x}", r"bad\.yaml: data\.seed: expected an integer"),
-        ("data: {imagenet: {max_rotation: 200}}", r"bad\.yaml: data\.imagenet\.max_rotation: 200(\.0)? is outside 0\.\.180"),
+        ("data: {imagenet: {max_rotation: 200}}", r"bad\.yaml: data\.imagenet\.max_rotation: 200(\.0)? is outside \[0, 180\]"),
         ("data: {coco: {root: " + "/no/such/coco}}", r"COCO root /no/such/coco: not a directory"),
     ],
 )

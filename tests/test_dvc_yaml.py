@@ -87,10 +87,15 @@ def test_stages_in_pipeline_order():
 
 def test_params_deps_are_result_keys_never_the_whole_run_section():
     allowed_run = {"run.seed", "run.amp", "run.num_workers"}  # mim.engine.RunConfig: threads changes speed only
+    whole_file = []
     for name, st in _stages().items():
         body = st.get("do", st)
+        if any(v is None for entry in body.get("params", []) for v in entry.values()):
+            whole_file.append(name)  # every key: the stage that checks them all
+            continue
         keys = [k for entry in body.get("params", []) for v in entry.values() for k in v]
         assert "run" not in keys and set(k for k in keys if k.startswith("run.")) <= allowed_run, (name, keys)
+    assert whole_file == ["check-params"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -119,3 +124,10 @@ def test_dvc_parses_yaml_with_the_c_parser():
     from ruamel.yaml import YAML
 
     assert "CParser" in YAML(typ="safe").Parser.__name__  # ruamel.yaml.clib is installed
+
+
+def test_check_params_runs_before_every_stage():
+    """prepare-data waits for check-params' stamp, and every other stage reads what prepare-data writes."""
+    deps = _deps()
+    assert "runs/check-params.json" in deps["prepare-data"]
+    assert list(_stages())[0] == "check-params"

@@ -16,77 +16,58 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from mim.config import Check, NonNegInt, PosInt, Range
 from mim.data import synth
 from mim.data.manifest import MANIFEST, Manifest, read_manifest, validate_ade20k, validate_coco, validate_imagenet
-from mim.errors import ConfigError, DataError
+from mim.errors import DataError
 
 Progress = Callable[[Iterable[int], int, str], Iterable[int]]
 
 
 
 
+SHAPES = len(synth.SHAPE_NAMES)  # the generator draws this many classes at most
+Root = Annotated[str, Check(lambda r: r.strip() != "", "is an empty path (use null to generate the embedded data)")]
+ImageSize = Annotated[int, Range(16, 1024)]
+Tilt = Annotated[float, Range(0, 180)]  # degrees
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageNetData:
     """ImageNet-1k in class-folder layout; root=None generates the embedded stand-in."""
 
-    root: str | None = None  # <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG
-    classes: int = 10  # generator only (like every field below)
-    train_per_class: int = 100
-    val_per_class: int = 20
-    image_size: int = 64
-    max_rotation: float = 180.0  # objects tilt within +-this many degrees (180 = any orientation)
+    root: Root | None = None  # <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG
+    classes: Annotated[int, Range(2, SHAPES)] = 10  # generator only (like every field below)
+    train_per_class: PosInt = 100
+    val_per_class: PosInt = 20
+    image_size: ImageSize = 64
+    max_rotation: Tilt = 180.0  # objects tilt within +-this many degrees (180 = any orientation)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SceneData:
     """COCO or ADE20K; root=None generates the embedded stand-in with several objects per image."""
 
-    root: str | None = None
-    classes: int = 10
-    train_images: int = 48
-    val_images: int = 8
-    image_size: int = 128
-    objects: tuple[int, int] = (2, 5)  # objects per image, min and max
-    max_rotation: float = 180.0  # objects tilt within +-this many degrees (180 = any orientation)
+    root: Root | None = None
+    classes: Annotated[int, Range(2, SHAPES)] = 10
+    train_images: PosInt = 48
+    val_images: PosInt = 8
+    image_size: ImageSize = 128
+    objects: Annotated[tuple[int, int], Check(lambda o: 1 <= o[0] <= o[1] <= 12,
+                                              "must be [min, max] with 1 <= min <= max <= 12")] = (2, 5)  # objects per image
+    max_rotation: Tilt = 180.0  # objects tilt within +-this many degrees (180 = any orientation)
 
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetsConfig:
     """The `data` params section."""
 
-    seed: int = 0
+    seed: NonNegInt = 0
     imagenet: ImageNetData = field(default_factory=ImageNetData)
     coco: SceneData = field(default_factory=SceneData)
     ade20k: SceneData = field(default_factory=SceneData)
-
-
-def check_config(cfg: DatasetsConfig, where: str = "data") -> None:
-    """Range checks that types alone do not catch; errors name the dotted key."""
-    n_shapes = len(synth.SHAPE_NAMES)
-
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise ConfigError(f"{where}.{key}: {msg}")
-
-    parts: list[tuple[str, Any]] = [("imagenet", cfg.imagenet), ("coco", cfg.coco), ("ade20k", cfg.ade20k)]
-    for name, d in parts:
-        if d.root is not None:
-            need(d.root.strip() != "", f"{name}.root", "empty path (use null to generate the embedded data)")
-            continue
-        need(2 <= d.classes <= n_shapes, f"{name}.classes", f"{d.classes} is outside 2..{n_shapes} (the generator's shapes)")
-        need(16 <= d.image_size <= 1024, f"{name}.image_size", f"{d.image_size} is outside 16..1024")
-        need(0 <= d.max_rotation <= 180, f"{name}.max_rotation", f"{d.max_rotation} is outside 0..180 degrees")
-        if isinstance(d, ImageNetData):
-            need(d.train_per_class >= 1, f"{name}.train_per_class", "must be >= 1")
-            need(d.val_per_class >= 1, f"{name}.val_per_class", "must be >= 1")
-        else:
-            need(d.train_images >= 1, f"{name}.train_images", "must be >= 1")
-            need(d.val_images >= 1, f"{name}.val_images", "must be >= 1")
-            need(1 <= d.objects[0] <= d.objects[1] <= 12, f"{name}.objects",
-                 f"{list(d.objects)} must be [min, max] with 1 <= min <= max <= 12")
-
 
 
 def tree_sha256(root: Path) -> str:

@@ -13,10 +13,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from mim.config import NonNegInt, PosInt
 from mim.data.images import ImageFolder, make_loader
 from mim.data.transforms import eval_transform
 from mim.teacher.frozen import Teacher, describe
@@ -27,10 +29,10 @@ from mim.vit import ViTEncoder
 class DiversityConfig:
     """The `diversity` params section."""
 
-    img_size: int = 224  # CNN teachers' input size (ResNet-50: 7x7 tokens); ViT encoders use their own
-    batch_size: int = 32
-    split: str = "val"  # which split of the dataset is scored
-    limit_per_class: int = 0  # images per class (0 = all)
+    img_size: PosInt = 224  # CNN teachers' input size (ResNet-50: 7x7 tokens); ViT encoders use their own
+    batch_size: PosInt = 32
+    split: Literal["train", "val"] = "val"  # which split of the dataset is scored
+    limit_per_class: NonNegInt = 0  # images per class (0 = all)
 
 
 def token_similarity(tokens: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import Dataset
 
-from mim.config import to_dict
+from mim.config import DropRate, Fraction, LayerDecay, NonNegFloat, NonNegInt, PosInt, Scale, to_dict
 from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, make_loader
 from mim.encoder_file import EncoderFile
 from mim.engine import OptimConfig, RunConfig, Task, fit, is_main, make_task
@@ -32,18 +32,18 @@ class FinetuneConfig:
     """The `finetune` params section."""
 
     optim: OptimConfig
-    layer_decay: float = 0.75
-    drop_path: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    label_smoothing: float = 0.1
+    layer_decay: LayerDecay = 0.75
+    drop_path: DropRate = 0.1
+    mixup: NonNegFloat = 0.8
+    cutmix: NonNegFloat = 1.0
+    label_smoothing: DropRate = 0.1
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment(9, 0.5)
-    reprob: float = 0.25  # random erasing probability (MAE repo default)
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (timm/MAE default)
+    reprob: Fraction = 0.25  # random erasing probability (MAE repo default)
+    crop_scale: Scale = (0.08, 1.0)  # RandomResizedCrop area range (timm/MAE default)
     global_pool: bool = True  # mean of patch tokens + fc_norm (MAE); False = cls token after norm
-    labels_per_class: int = 0  # fine-tune on the first N images of each class; 0 = all
-    eval_batch_size: int = 256
-    eval_every: int = 0  # evaluate every N epochs (always after the last); 0 = last only
+    labels_per_class: NonNegInt = 0  # fine-tune on the first N images of each class; 0 = all
+    eval_batch_size: PosInt = 256
+    eval_every: NonNegInt = 0  # evaluate every N epochs (always after the last); 0 = last only
 
 
 class ViTClassifier(nn.Module):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from mim.config import Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt
 from mim.data.images import ImageFolder, make_loader
 from mim.data.transforms import eval_transform
 from mim.eval.knn import knn_classify, topk_accuracy
@@ -24,19 +25,24 @@ from mim.vit import ViTEncoder
 
 @dataclass(frozen=True, kw_only=True)
 class LinearProbeConfig:
-    epochs: int = 90
-    batch_size: int = 16384
-    base_lr: float = 0.1  # lr = base_lr * batch_size / 256
-    warmup_epochs: int = 10
-    weight_decay: float = 0.0
-    momentum: float = 0.9
+    epochs: PosInt = 90
+    batch_size: PosInt = 16384
+    base_lr: PosFloat = 0.1  # lr = base_lr * batch_size / 256
+    warmup_epochs: NonNegInt = 10
+    weight_decay: NonNegFloat = 0.0
+    momentum: Momentum = 0.9
     optimizer: Literal["lars", "sgd"] = "lars"
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.warmup_epochs > self.epochs:
+            return [("warmup_epochs", f"{self.warmup_epochs} is longer than the probe's {self.epochs} epochs")]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)
 class KNNConfig:
-    k: int = 20
-    temperature: float = 0.07
+    k: PosInt = 20
+    temperature: PosFloat = 0.07
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +51,7 @@ class ProbeConfig:
 
     linear: LinearProbeConfig
     knn: KNNConfig
-    batch_size: int = 256  # feature extraction
+    batch_size: PosInt = 256  # feature extraction
 
 
 @torch.no_grad()

@@ -11,6 +11,8 @@ A method is a module `mim/methods/<name>.py` with
   `forward_decoder` and `forward_loss` where the method has those parts, with the student ViT
   as its `encoder` attribute (exported after training);
 * `task(cfg, inputs) -> Task` (built with `mim.engine.make_task`);
+* optionally `check(cfg, encoder) -> [(key, message)]`: checks against the `encoder` section, run by
+  `mimrepro check-params` (the first stage) and by `pretrain-student` before any work;
 * `PAPER`: the numbers the method's paper reports, `{"<task>/<metric>": (value, source)}`, printed
   beside ours in the paper profile's results table.
 

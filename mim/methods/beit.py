@@ -21,7 +21,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from torch import nn
 from torchvision.transforms import ColorJitter, InterpolationMode, RandomResizedCrop
 from torchvision.transforms import functional as TF
 
+from mim.config import DropRate, NonNegFloat, OpenFraction, PosFloat, PosInt, Range, Scale
 from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageFolder
 from mim.engine import OptimConfig, Task, make_task
 from mim.errors import MimError
@@ -42,18 +43,18 @@ from mim.vit import ViTConfig, ViTEncoder
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    mask_ratio: float = 0.383  # fraction of the patches masked, rounded to a count (BEiT: 75 of 196)
-    min_num_patches: int = 16  # smallest block, in patches
-    min_aspect: float = 0.3  # block aspect ratio in [min_aspect, 1/min_aspect]
-    layer_scale: float = 0.1  # LayerScale init, overrides the encoder section
-    drop_path: float = 0.1  # stochastic depth, overrides the encoder section
-    init_std: float = 0.02  # truncated-normal init of linear layers and tokens
+    mask_ratio: OpenFraction = 0.383  # fraction of the patches masked, rounded to a count (BEiT: 75 of 196)
+    min_num_patches: PosInt = 16  # smallest block, in patches
+    min_aspect: Annotated[float, Range(0, 1, lo_open=True)] = 0.3  # block aspect ratio in [min_aspect, 1/min_aspect]
+    layer_scale: PosFloat = 0.1  # LayerScale init, overrides the encoder section
+    drop_path: DropRate = 0.1  # stochastic depth, overrides the encoder section
+    init_std: PosFloat = 0.02  # truncated-normal init of linear layers and tokens
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
-    color_jitter: float = 0.4  # brightness/contrast/saturation strength; 0 = off
+    crop_scale: Scale = (0.08, 1.0)  # RandomResizedCrop area range
+    color_jitter: NonNegFloat = 0.4  # brightness/contrast/saturation strength; 0 = off
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,6 +151,17 @@ def encoder_config(cfg: Config, enc_cfg: ViTConfig) -> ViTConfig:
     return dataclasses.replace(enc_cfg, layer_scale=cfg.model.layer_scale, drop_path=cfg.model.drop_path)
 
 
+def check(cfg: Config, enc: ViTConfig) -> list[tuple[str, str]]:
+    """Checks against the `encoder` section (before any work): the masked count and the smallest block."""
+    n = num_masked(cfg.model, enc.grid)
+    if not 0 < n < enc.num_patches:
+        return [("model.mask_ratio", f"{cfg.model.mask_ratio} masks {n} of {enc.num_patches} patches; "
+                                     "need at least one masked and one visible")]
+    if cfg.model.min_num_patches > n:
+        return [("model.min_num_patches", f"{cfg.model.min_num_patches} exceeds the {n} patches masked per image")]
+    return []
+
+
 def check_config(cfg: Config, enc_cfg: ViTConfig, tokenizer: Tokenizer) -> None:
     if tokenizer.grid != enc_cfg.grid:
         raise MimError(
@@ -157,12 +169,8 @@ def check_config(cfg: Config, enc_cfg: ViTConfig, tokenizer: Tokenizer) -> None:
             f"differs from the student's patch grid ({enc_cfg.grid}x{enc_cfg.grid}); set tokenizer.model.image_size = "
             f"{enc_cfg.grid * tokenizer.downsample}"
         )
-    n = num_masked(cfg.model, enc_cfg.grid)
-    if not 0 < n < enc_cfg.num_patches:
-        raise MimError(f"beit.model.mask_ratio={cfg.model.mask_ratio} masks {n} of {enc_cfg.num_patches} patches; "
-                       "need at least one masked and one visible")
-    if cfg.model.min_num_patches > n:
-        raise MimError(f"beit.model.min_num_patches={cfg.model.min_num_patches} exceeds the {n} patches masked per image")
+    for key, message in check(cfg, enc_cfg):
+        raise MimError(f"beit.{key}: {message}")
 
 
 def task(cfg: Config, inputs: Inputs) -> Task:

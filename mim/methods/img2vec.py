@@ -48,9 +48,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from mim.config import NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt, Scale
 from mim.data.images import ImageFolder
 from mim.data.transforms import pretrain_transform
-from mim.decoder import MAEDecoder
+from mim.decoder import MAEDecoder, decoder_problems
 from mim.engine import OptimConfig, RunConfig, Task, make_task
 from mim.errors import MimError
 from mim.masking import block_masking, patches_to_blocks
@@ -62,24 +63,27 @@ from mim.vit import ViTConfig, ViTEncoder, init_module
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    mask_ratio: float = 0.6  # fraction of blocks masked
-    block_size: int = 0  # patches per block side; 0 = teacher stride / patch size
-    teacher_img_size: int = 0  # teacher input size; 0 = automatic (see module doc)
-    decoder_dim: int = 512
-    decoder_depth: int = 2
-    decoder_heads: int = 16
-    head_hidden: int = 0  # projection head hidden width; 0 = teacher width
+    mask_ratio: OpenFraction = 0.6  # fraction of blocks masked
+    block_size: NonNegInt = 0  # patches per block side; 0 = teacher stride / patch size
+    teacher_img_size: NonNegInt = 0  # teacher input size; 0 = automatic (see module doc)
+    decoder_dim: PosInt = 512
+    decoder_depth: NonNegInt = 2
+    decoder_heads: PosInt = 16
+    head_hidden: NonNegInt = 0  # projection head hidden width; 0 = teacher width
     merge: Literal["mean", "concat"] = "mean"  # a block's decoder outputs -> head: mean or concatenation
     multi_block: bool = True  # average all encoder blocks (False: last block, as MAE)
-    beta: float = 2.0  # smooth-L1 beta
-    global_weight: float = 0.5  # lambda; 0 = no global loss
+    beta: PosFloat = 2.0  # smooth-L1 beta
+    global_weight: NonNegFloat = 0.5  # lambda; 0 = no global loss
     global_source: Literal["encoder", "decoder"] = "encoder"
     target_norm: Literal["none", "layernorm"] = "none"
+
+    def problems(self) -> list[tuple[str, str]]:
+        return decoder_problems(self.decoder_dim, self.decoder_heads)
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale (MAE's augmentation)
+    crop_scale: Scale = (0.2, 1.0)  # RandomResizedCrop scale (MAE's augmentation)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +114,14 @@ class Geometry:
     @property
     def blocks_per_side(self) -> int:
         return self.grid // self.block
+
+
+def check(cfg: Config, enc: ViTConfig) -> list[tuple[str, str]]:
+    """Checks against the `encoder` section (before any work); the teacher's stride is checked when it loads."""
+    b = cfg.model.block_size
+    if b and enc.grid % b:
+        return [("model.block_size", f"{b} does not tile the {enc.grid}x{enc.grid} patch grid")]
+    return []
 
 
 def resolve_geometry(cfg: ModelConfig, enc: ViTConfig, teacher: Teacher) -> Geometry:

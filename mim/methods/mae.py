@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mim.config import NonNegInt, OpenFraction, PosInt, Scale
 from mim.data.images import ImageFolder
 from mim.data.transforms import pretrain_transform
-from mim.decoder import MAEDecoder
+from mim.decoder import MAEDecoder, decoder_problems
 from mim.engine import OptimConfig, Task, make_task
 from mim.masking import random_mask_ids
 from mim.methods import Inputs
@@ -25,16 +26,19 @@ from mim.vit import ViTConfig, ViTEncoder, init_module
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    mask_ratio: float = 0.75
-    decoder_dim: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 16
+    mask_ratio: OpenFraction = 0.75
+    decoder_dim: PosInt = 512
+    decoder_depth: NonNegInt = 8
+    decoder_heads: PosInt = 16
     norm_pix: bool = True  # targets normalised per patch (mean/var over the patch, eps 1e-6)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return decoder_problems(self.decoder_dim, self.decoder_heads)
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range (MAE)
+    crop_scale: Scale = (0.2, 1.0)  # RandomResizedCrop area range (MAE)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,6 +29,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torch import nn
 from torchvision import transforms as T
 
+from mim.config import DropRate, Fraction, Momentum, NonNegInt, PosFloat, PosInt, Scale
 from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, make_loader
 from mim.data.transforms import eval_transform
 from mim.engine import OptimConfig, RunConfig, Task, device, make_task
@@ -43,21 +44,26 @@ from mim.teacher.frozen import timm_backbone
 class DataConfig:
     """Multi-crop: the teacher sees the global crops only, the student sees all of them."""
 
-    global_size: int = 224
-    local_size: int = 96
-    n_global: int = 2
-    n_local: int = 8
-    global_scale: tuple[float, float] = (0.14, 1.0)  # ResNet-50 recipe (ViT: 0.4-1)
-    local_scale: tuple[float, float] = (0.05, 0.14)
-    limit_per_class: int = 0  # train images per class used for pretraining (0 = all)
+    global_size: PosInt = 224
+    local_size: PosInt = 96
+    n_global: PosInt = 2
+    n_local: NonNegInt = 8
+    global_scale: Scale = (0.14, 1.0)  # ResNet-50 recipe (ViT: 0.4-1)
+    local_scale: Scale = (0.05, 0.14)
+    limit_per_class: NonNegInt = 0  # train images per class used for pretraining (0 = all)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.n_global + self.n_local < 2:  # the loss pairs a teacher view with another view
+            return [("n_local", f"{self.n_local} with n_global {self.n_global}: DINO needs at least 2 crops")]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)
 class HeadConfig:
-    out_dim: int = 65536  # K
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    n_layers: int = 3
+    out_dim: PosInt = 65536  # K
+    hidden_dim: PosInt = 2048
+    bottleneck_dim: PosInt = 256
+    n_layers: PosInt = 3
     use_bn: bool = False
     norm_last_layer: bool = True  # weight-norm g fixed to 1
 
@@ -66,24 +72,31 @@ class HeadConfig:
 class ModelConfig:
     arch: str = "resnet50"  # any timm backbone: resnet50, vit_small_patch16_224, ...
     head: HeadConfig = HeadConfig()
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 0
-    center_momentum: float = 0.9
-    momentum_teacher: float = 0.996  # -> 1 on a cosine schedule
-    freeze_last_layer_epochs: int = 1  # no update of the head's last layer at first (DINO)
-    drop_path: float = 0.1  # ViT backbones only (DINO's ViT default)
+    student_temp: PosFloat = 0.1
+    teacher_temp: PosFloat = 0.04
+    warmup_teacher_temp: PosFloat = 0.04
+    warmup_teacher_temp_epochs: NonNegInt = 0
+    center_momentum: Momentum = 0.9
+    momentum_teacher: Fraction = 0.996  # -> 1 on a cosine schedule
+    freeze_last_layer_epochs: NonNegInt = 1  # no update of the head's last layer at first (DINO)
+    drop_path: DropRate = 0.1  # ViT backbones only (DINO's ViT default)
+
+    def problems(self) -> list[tuple[str, str]]:
+        import timm
+
+        if not timm.is_model(self.arch):
+            return [("arch", f"{self.arch!r} is not a timm model (e.g. resnet50, vit_small_patch16_224)")]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)
 class KNNConfig:
     """The teacher backbone's weighted k-NN top-1 (DINO eval_knn.py), logged during training."""
 
-    k: int = 20
-    temperature: float = 0.07
-    train_per_class: int = 0  # memory bank images per class (0 = all)
-    every: int = 1  # every this many epochs (and after the last)
+    k: PosInt = 20
+    temperature: PosFloat = 0.07
+    train_per_class: NonNegInt = 0  # memory bank images per class (0 = all)
+    every: PosInt = 1  # every this many epochs (and after the last)
 
 
 @dataclass(frozen=True, kw_only=True)

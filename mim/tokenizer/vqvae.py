@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mim.config import Momentum, NonNegFloat, NonNegInt, PosInt, Range, Scale
 from mim.data.images import ImageFolder, make_loader
 from mim.engine import OptimConfig, RunConfig, Task, local_batch, make_task
 from mim.errors import MimError
@@ -30,26 +31,31 @@ from mim.tokenizer.frozen import Tokenizer, vqvae_tokenizer
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    image_size: int = 32  # tokenizer input (BEiT: the 112 px second view)
-    downsample: int = 4  # pixels per token side, a power of 2 (DALL-E: 8)
-    vocab_size: int = 512
-    code_dim: int = 32
-    hidden: int = 64
-    res_blocks: int = 1
-    ema_decay: float = 0.99
-    commitment: float = 0.25  # beta of the commitment loss (van den Oord et al.)
-    dead_threshold: float = 1.0  # restart codes whose EMA count of vectors per step falls below
+    image_size: PosInt = 32  # tokenizer input (BEiT: the 112 px second view)
+    downsample: PosInt = 4  # pixels per token side, a power of 2 (DALL-E: 8)
+    vocab_size: Annotated[int, Range(2)] = 512
+    code_dim: PosInt = 32
+    hidden: PosInt = 64
+    res_blocks: NonNegInt = 1
+    ema_decay: Momentum = 0.99
+    commitment: NonNegFloat = 0.25  # beta of the commitment loss (van den Oord et al.)
+    dead_threshold: NonNegFloat = 1.0  # restart codes whose EMA count of vectors per step falls below
 
     @property
     def grid(self) -> int:
         return self.image_size // self.downsample
 
-    def check(self) -> None:
+    def problems(self) -> list[tuple[str, str]]:
         d = self.downsample
-        if d < 1 or d & (d - 1):
-            raise MimError(f"tokenizer.downsample={d} must be a power of 2")
+        if d & (d - 1):
+            return [("downsample", f"{d} is not a power of 2")]
         if self.image_size % d:
-            raise MimError(f"tokenizer.image_size={self.image_size} is not divisible by downsample={d}")
+            return [("image_size", f"{self.image_size} is not divisible by downsample {d}")]
+        return []
+
+    def check(self) -> None:
+        for key, message in self.problems():
+            raise MimError(f"tokenizer.model.{key}: {message}")
 
 
 class ResBlock(nn.Module):
@@ -188,7 +194,7 @@ def code_stats(ids: torch.Tensor, vocab_size: int) -> dict[str, float]:
 # --- the `tokenizer` params section and its training task -----------------------------------
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    crop_scale: tuple[float, float] = (0.35, 1.0)  # RandomResizedCrop area range of training crops
+    crop_scale: Scale = (0.35, 1.0)  # RandomResizedCrop area range of training crops
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +206,13 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)  # image_size / downsample must equal the student's grid
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig | None = None  # required in train mode
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.mode == "train" and self.optim is None:
+            return [("optim", "required when tokenizer.mode is train")]
+        if self.mode == "dalle" and not self.dalle_weights:
+            return [("dalle_weights", "empty in dalle mode: convert encoder.pkl once with `mimrepro convert-dalle PKL OUT --allow-pickle`")]
+        return []
 
 
 def transforms(image_size: int, crop_scale: tuple[float, float]) -> tuple[Any, Any]:
