@@ -49,11 +49,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from downstream.det_config import DetectConfig
 from downstream.vitdet_convert import load_into_vit, vit_kwargs
-from mim.checkpoint import claim_run_dir, write_json
 from mim.config import to_dict
 from mim.encoder_file import EncoderFile
 from mim.engine import RunConfig, setup
 from mim.errors import DataError, MimError
+from mim.files import claim_run_dir, write_json
 from mim.vit import ViTConfig
 
 TASKS = ("bbox", "segm")

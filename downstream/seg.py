@@ -251,7 +251,7 @@ def run_key(cfg: SegmentConfig, run: RunConfig, data: Path, encoder: Path) -> di
     """What must be identical for mmengine to resume the checkpoints in work_dir."""
     import dataclasses  # noqa: PLC0415
 
-    from mim.checkpoint import file_sha256  # noqa: PLC0415
+    from mim.files import file_sha256  # noqa: PLC0415
 
     data = Path(data)
     return {
@@ -272,7 +272,7 @@ def segment(
 
     from downstream import seg_mm  # MimError naming the install if absent
     from mmengine.config import Config
-    from mim.checkpoint import atomic_write, claim_run_dir
+    from mim.files import atomic_write, claim_run_dir
 
     setup(run, process_group=False)  # threads; mmengine's launcher joins the process group
     seg_data = find_data(data)
@@ -295,7 +295,7 @@ def segment(
 
 def write_per_class(path: Path, per_class: dict[str, list[Any]]) -> None:
     """CSV: class, IoU, Acc in % (empty where the class is absent from the validation labels)."""
-    from mim.checkpoint import atomic_write  # noqa: PLC0415
+    from mim.files import atomic_write  # noqa: PLC0415
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:

@@ -1,12 +1,9 @@
-"""Files on disk: atomic writes (a crash never leaves a half-written output), resume checkpoints
-that load with `torch.load(weights_only=True)`, and deterministic safetensors files read in one pass."""
+"""Model files on disk: resume checkpoints that load with `torch.load(weights_only=True)` and
+deterministic safetensors files read in one pass (written atomically, mim/files.py)."""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,51 +12,7 @@ import safetensors.torch
 import torch
 
 from mim.errors import MimError
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path), then rename tmp_path over `path` (same directory, same filesystem)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed: put in a run's config so new input weights never resume an old run."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def claim_run_dir(folder: Path, key: dict[str, Any], stamp: str = "run.json") -> bool:
-    """Keep `folder` (another library's checkpoints) only if it was made by a run with this key.
-
-    Training stages that resume through detectron2 or mmengine cannot tell whether the
-    checkpoints in a persisted folder came from the same encoder, data and recipe.  The key
-    (plain data) is stamped into the folder; a different stamp empties it.  Returns True when
-    the folder was emptied.
-    """
-    folder = Path(folder)
-    path = folder / stamp
-    if path.is_file():
-        stale = json.loads(path.read_text()) != key
-    else:  # checkpoints nobody stamped cannot be trusted either
-        stale = folder.is_dir() and any(folder.iterdir())
-    if stale:
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not path.is_file():
-        path.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
-    return stale
+from mim.files import atomic_write
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -142,5 +95,3 @@ def save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[
     atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))

@@ -14,6 +14,7 @@ and the stage hands it to `fit`, which owns the rest so every stage resumes the 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -34,6 +35,7 @@ from mim.checkpoint import load_checkpoint, save_checkpoint
 from mim.config import Betas, Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt
 from mim.data.images import epoch_seed, make_loader
 from mim.errors import MimError
+from mim.files import RunLock
 from mim.param_groups import weight_decay_groups
 from mim.schedules import cosine_schedule
 
@@ -189,11 +191,22 @@ def make_task(
 
 
 # --- training ---------------------------------------------------------------------------------
-def fit(task: Task, run: RunConfig, *, checkpoint: Path, log_dir: Path, config: dict[str, Any], desc: str) -> dict[str, float]:
-    """Train `task` for task.optim.epochs; returns the last epoch's metrics."""
-    optim = task.optim
-    if optim is None or task.step is None or task.loader is None:
+def fit(task: Task, run: RunConfig, *, checkpoint: Path, log_dir: Path, config: dict[str, Any], desc: str,
+        lock: RunLock | None = None) -> dict[str, float]:
+    """Train `task` for task.optim.epochs; returns the last epoch's metrics.
+
+    The run's state is held with `lock` (default: a lock file beside the checkpoint) while it trains,
+    so a second run of the same stage refuses instead of writing the same checkpoint."""
+    if task.optim is None or task.step is None or task.loader is None:
         raise MimError(f"{desc}: nothing to train (the task has no optimizer, step or loader)")
+    lock = lock or RunLock(Path(checkpoint).with_name(Path(checkpoint).name + ".lock"))
+    with lock if is_main() else contextlib.nullcontext():
+        return _fit(task, run, Path(checkpoint), Path(log_dir), config, desc)
+
+
+def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: dict[str, Any], desc: str) -> dict[str, float]:
+    optim = task.optim
+    assert optim is not None and task.step is not None and task.loader is not None
     dev = device()
     model = task.model.to(dev)
     train_model: nn.Module = model
@@ -284,14 +297,25 @@ def fit(task: Task, run: RunConfig, *, checkpoint: Path, log_dir: Path, config: 
     return metrics
 
 
-LIBRARY = Path(__file__).parent
+LIBRARY = Path(__file__).parent  # mim/
+PACKAGES = (LIBRARY, LIBRARY.parent / "downstream")  # the code a run's result depends on
 
 
-def inputs_fingerprint(manifest: Path = Path("data/manifest.json")) -> str:
-    """sha256 of the library sources (every .py under mim/, subpackages included) and the dataset manifest."""
+def loaded_code(packages: Iterable[Path] = PACKAGES) -> list[Path]:
+    """The library files this process has imported: the code the stage runs, and no more."""
+    roots = [Path(p).resolve() for p in packages]
+    files = {Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
+    return sorted(f for f in files if f.suffix == ".py" and any(r in f.parents for r in roots))
+
+
+def inputs_fingerprint(manifest: Path = Path("data/manifest.json"), code: Iterable[Path] | None = None) -> str:
+    """sha256 of the code the run has imported (mim/ and downstream/ files in sys.modules, or `code`)
+    and of the dataset manifest: editing the tables' code does not restart an interrupted pretraining,
+    editing the engine does."""
     h = hashlib.sha256()
-    for src in sorted(LIBRARY.rglob("*.py")):
-        h.update(src.relative_to(LIBRARY).as_posix().encode() + b"\0" + src.read_bytes())
+    for src in sorted(Path(p) for p in (loaded_code() if code is None else code)):
+        rel = src.resolve().relative_to(LIBRARY.parent.resolve()) if LIBRARY.parent.resolve() in src.resolve().parents else src
+        h.update(Path(rel).as_posix().encode() + b"\0" + src.read_bytes())
     if manifest.is_file():
         h.update(manifest.read_bytes())
     return h.hexdigest()[:16]

@@ -85,7 +85,7 @@ def check_file(params: Path) -> list[str]:
 @file_option("--out", "A stamp written when every section is valid (the same bytes whatever the values).")
 def check_params(params_path: Path, out: Path) -> None:
     """Check every section of the params file (types, ranges, and the checks across sections)."""
-    from mim.checkpoint import write_json
+    from mim.files import write_json
 
     sections = check_file(params_path)
     write_json(out, {"valid": True})

@@ -31,6 +31,7 @@ def detect(encoder: Path, data: Path, metrics: Path, run_dir: Path, num_gpus: in
     from mim.encoder_file import EncoderFile
     from mim.engine import RunConfig
     from mim.errors import ConfigError, MimError
+    from mim.files import RunLock
 
     det = load(params_path, "detect", DetectConfig)
     run = load(params_path, "run", RunConfig)  # set up in detectron2's worker processes
@@ -45,7 +46,8 @@ def detect(encoder: Path, data: Path, metrics: Path, run_dir: Path, num_gpus: in
         raise MimError(f"--num-gpus {gpus}: only {torch.cuda.device_count()} GPU(s) visible")
     job = DetectJob(student=name, encoder=encoder, coco=paths, det=det, run=run,
                     checkpoint_dir=run_dir / "checkpoints", log_dir=run_dir)
-    m = run_detect(job, metrics, gpus)
+    with RunLock.beside(run_dir):  # a second detect of this student refuses instead of sharing the checkpoints
+        m = run_detect(job, metrics, gpus)
 
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}"

@@ -16,11 +16,11 @@ from stages.common import data_option, encoder_option, file_option, load, params
 @params_option
 def finetune(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_path: Path) -> None:
     """Fine-tune --encoder on <data>/train, evaluate on <data>/val, write top-1/top-5 to --metrics."""
-    from mim.checkpoint import write_json
     from mim.data.manifest import locate
     from mim.encoder_file import EncoderFile
     from mim.eval.finetune import FinetuneConfig
     from mim.eval.finetune import finetune as run_finetune
+    from mim.files import write_json
     from stages.run import CHECKPOINT, start
 
     cfg = load(params_path, "finetune", FinetuneConfig)

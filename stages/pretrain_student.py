@@ -58,7 +58,7 @@ def pretrain_student(method: str, name: str, data: Path, input_path: Path | None
     inputs = methods.Inputs(encoder=encoder, run=run, data=data, input=input_path if module.INPUT else None)
     t = module.task(cfg, inputs)
     if t.optim is not None:
-        from mim.checkpoint import file_sha256
+        from mim.files import file_sha256
 
         config = {"method": method, "encoder": to_dict(encoder), method: to_dict(cfg) if cfg else {}, "seed": run.seed,
                   "data": str(data), **({"input_sha256": file_sha256(inputs.input)} if inputs.input else {})}

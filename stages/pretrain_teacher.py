@@ -19,10 +19,10 @@ from stages.common import data_option, file_option, load, params_option, run_opt
 def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metrics: Path, run_dir: Path) -> None:
     """Pretrain the DINO teacher (params `dino`; ResNet-50 by default) and export its backbone
     with timm key names; logs k-NN top-1, teacher entropy and student-teacher KL per epoch."""
-    from mim.checkpoint import write_json
     from mim.config import to_dict
     from mim.data.manifest import locate
     from mim.engine import is_main
+    from mim.files import write_json
     from mim.teacher import dino
     from mim.teacher.frozen import save_timm_backbone
     from stages.run import fit_in, start

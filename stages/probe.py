@@ -16,12 +16,12 @@ from stages.common import data_option, encoder_option, file_option, load, params
 @params_option
 def probe(encoder: Path, data: Path, metrics: Path, params_path: Path) -> None:
     """Linear probe (MAE) and k-NN (DINO) on frozen features of --encoder; writes --metrics."""
-    from mim.checkpoint import write_json
     from mim.data.manifest import locate
     from mim.encoder_file import EncoderFile
     from mim.engine import device
     from mim.eval.probe import ProbeConfig
     from mim.eval.probe import probe as run_probe
+    from mim.files import write_json
     from stages.run import start
 
     cfg = load(params_path, "probe", ProbeConfig)

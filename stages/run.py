@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from mim.engine import RunConfig, Task, fit, setup
+from mim.files import RunLock
 from stages.common import load
 
 
@@ -19,5 +20,6 @@ CHECKPOINT = "checkpoint.pt"  # a run folder's resume state (mim.engine.fit)
 
 
 def fit_in(task: Task, run: RunConfig, run_dir: Path, config: dict[str, Any], desc: str) -> dict[str, float]:
-    """`mim.engine.fit` with the checkpoint and the dvclive logs in the run folder."""
-    return fit(task, run, checkpoint=Path(run_dir) / CHECKPOINT, log_dir=Path(run_dir), config=config, desc=desc)
+    """`mim.engine.fit` with the checkpoint and the dvclive logs in the run folder, locked (beside it)."""
+    return fit(task, run, checkpoint=Path(run_dir) / CHECKPOINT, log_dir=Path(run_dir), config=config, desc=desc,
+               lock=RunLock.beside(run_dir))

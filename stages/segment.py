@@ -21,17 +21,18 @@ def segment(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_path
     Resumes from --run (mmengine's work dir); needs mmsegmentation: bash scripts/install_mmseg.sh .venv"""
     from downstream.seg import SegmentConfig, write_per_class
     from downstream.seg import segment as run_segment
-    from mim.checkpoint import write_json
     from mim.encoder_file import EncoderFile
     from mim.engine import RunConfig, is_main
     from mim.errors import ConfigError
+    from mim.files import RunLock, write_json
 
     cfg = load(params_path, "segment", SegmentConfig)
     run = load(params_path, "run", RunConfig)  # set up by the segment call (mmengine launches)
     for key, message in cfg.check_encoder(EncoderFile.read(encoder).config):
         raise ConfigError(f"{params_path}: segment.{key}: {message} (the encoder {encoder})")
-    summary, per_class = run_segment(cfg, run, data=data, encoder=encoder, work_dir=run_dir,
-                                     config_out=metrics.with_name(f"{metrics.stem}_config.py"))
+    with RunLock.beside(run_dir):  # a second segment of this student refuses instead of sharing mmengine's state
+        summary, per_class = run_segment(cfg, run, data=data, encoder=encoder, work_dir=run_dir,
+                                         config_out=metrics.with_name(f"{metrics.stem}_config.py"))
     if not is_main() or not per_class:
         return
     write_per_class(metrics.with_name(f"{metrics.stem}_per_class.csv"), per_class)

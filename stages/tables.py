@@ -22,7 +22,7 @@ def RUNTIME_IMPORTS(args: dict[str, str]) -> list[str]:  # noqa: N802  (read by 
 def tables(metrics_dir: Path, out_dir: Path, params_path: Path) -> None:
     """Results table (students x IN fine-tune/linear/k-NN, COCO AP, ADE20K mIoU) and the teacher table."""
     from mim import methods
-    from mim.checkpoint import atomic_write
+    from mim.files import atomic_write
     from mim.report.tables import TablesConfig, build_table, find_students, git_revision, read_metrics, sources_note, to_csv, to_markdown
 
     cfg = load(params_path, "tables", TablesConfig)

@@ -19,10 +19,10 @@ from stages.common import data_option, file_option, load, params_option
 def token_diversity(params_path: Path, weights: Path, arch: str | None, data: Path, metrics: Path) -> None:
     """Score a teacher's token diversity (1 - mean pairwise cosine of an image's output tokens,
     Img2Vec) over the images of params `diversity`; writes --metrics."""
-    from mim.checkpoint import write_json
     from mim.data.manifest import locate
     from mim.engine import device
     from mim.eval.diversity import DiversityConfig, diversity
+    from mim.files import write_json
     from mim.teacher.frozen import load_teacher
     from stages.run import start
 

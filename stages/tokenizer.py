@@ -17,11 +17,11 @@ from stages.common import data_option, file_option, load, params_option, run_opt
 def tokenizer(params_path: Path, data: Path, out: Path, metrics: Path, run_dir: Path) -> None:
     """Train BEiT's visual tokenizer (VQ-VAE, tokenizer.mode train) or export the converted DALL-E
     encoder (mode dalle; convert its pickle first with `mimrepro convert-dalle`)."""
-    from mim.checkpoint import write_json
     from mim.config import to_dict
     from mim.data.manifest import locate
     from mim.engine import is_main
     from mim.errors import MimError
+    from mim.files import write_json
     from mim.tokenizer import vqvae
     from mim.tokenizer.frozen import save_tokenizer, vqvae_tokenizer
     from stages.run import fit_in, start

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ from safetensors.torch import load_file
 
 from mim.checkpoint import read_safetensors, safetensors_bytes, save_safetensors
 from mim.errors import MimError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STATE = {
     "z.weight": torch.randn(3, 5, generator=torch.Generator().manual_seed(0)),
@@ -55,7 +58,7 @@ def test_safetensors_header_is_aligned_and_unknown_dtype_raises():
 
 
 def test_claim_run_dir_keeps_same_run_and_empties_others(tmp_path):
-    from mim.checkpoint import claim_run_dir
+    from mim.files import claim_run_dir
 
     d = tmp_path / "work"
     assert claim_run_dir(d, {"encoder": "a", "iters": 40}) is False  # fresh folder, stamped
@@ -84,3 +87,43 @@ def test_read_safetensors_once_with_metadata_and_sha(tmp_path):
         read_safetensors(tmp_path / "cut.safetensors", "thing")
     with pytest.raises(MimError, match="thing file not found"):
         read_safetensors(tmp_path / "none.safetensors", "thing")
+
+
+def test_written_files_follow_the_umask_and_dead_writers_temps_go(tmp_path):
+    import os
+
+    from mim.files import atomic_write, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+        assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    finally:
+        os.umask(old)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / f".m.json.{dead}.abc.tmp").write_bytes(b"x" * 100)  # a writer killed mid-write
+    (tmp_path / f".m.json.{os.getpid()}.own.tmp").write_bytes(b"x")  # this process's: kept
+    atomic_write(tmp_path / "m.json", lambda p: p.write_text("{}"))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [f".m.json.{os.getpid()}.own.tmp", "m.json"]
+
+
+def test_run_lock_refuses_a_second_run_and_frees_on_exit(tmp_path):
+    from mim.files import RunLock
+
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from mim.files import RunLock; "
+            f"l = RunLock({str(tmp_path / 'r.lock')!r}).__enter__(); print('held', flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MimError, match=r"r\.lock is held by pid \d+ since .*: wait for that run to finish or stop it"):
+            with RunLock(tmp_path / "r.lock"):
+                pass
+    finally:
+        holder.kill()  # a killed holder leaves no stale lock
+        holder.wait()
+    with RunLock(tmp_path / "r.lock"):
+        with pytest.raises(MimError, match="is held by"):  # the same lock twice in one process: refused too
+            with RunLock(tmp_path / "r.lock"):
+                pass
+    assert (tmp_path / "r.lock").read_text() == ""

@@ -94,21 +94,24 @@ def test_cosine_schedule_shape():
     assert np.all(np.diff(s[2:]) <= 0)
 
 
-def test_fingerprint_covers_every_library_file_in_subpackages(tmp_path, monkeypatch):
-    import mim.engine
+def test_fingerprint_covers_the_code_the_run_imported_and_no_more(tmp_path):
+    """Resume identity: the library files this process imported (subpackages too), not every file."""
+    import subprocess
+    import sys
 
-    lib = tmp_path / "mim"
-    (lib / "methods").mkdir(parents=True)
-    (lib / "engine.py").write_text("a = 1\n")
-    (lib / "methods" / "mae.py").write_text("b = 1\n")
-    monkeypatch.setattr(mim.engine, "LIBRARY", lib)
-    monkeypatch.chdir(tmp_path)
-    before = inputs_fingerprint()
-    (lib / "methods" / "mae.py").write_text("b = 2\n")  # a file two folders down changed
-    changed = inputs_fingerprint()
-    assert changed != before
-    (lib / "methods" / "mae.py").rename(lib / "mae.py")  # the same file, moved
-    assert inputs_fingerprint() != changed
+    script = ("import mim.engine, mim.methods.mae; from mim.engine import loaded_code; "
+              "print('\\n'.join(p.relative_to(mim.engine.LIBRARY.parent).as_posix() for p in loaded_code()))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert {"mim/engine.py", "mim/methods/mae.py", "mim/decoder.py", "mim/vit.py"} <= set(out)
+    assert "mim/report/tables.py" not in out and "mim/methods/beit.py" not in out  # not run by MAE's pretraining
+
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 1\n")
+    before = inputs_fingerprint(tmp_path / "none.json", code=[a, b])
+    assert inputs_fingerprint(tmp_path / "none.json", code=[a, b]) == before
+    b.write_text("y = 2\n")  # an imported file changed
+    assert inputs_fingerprint(tmp_path / "none.json", code=[a, b]) != before
 
 
 def test_make_task_checks_the_batch_seeds_the_build_and_skips_norms():

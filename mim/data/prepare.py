@@ -22,6 +22,7 @@ from mim.config import Check, NonNegInt, PosInt, Range
 from mim.data import synth
 from mim.data.manifest import MANIFEST, Manifest, read_manifest, validate_ade20k, validate_coco, validate_imagenet
 from mim.errors import DataError
+from mim.files import remove_stale_temps, umask_mode
 
 Progress = Callable[[Iterable[int], int, str], Iterable[int]]
 
@@ -143,8 +144,9 @@ def write_data(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, whe
     """`build` into a temporary sibling folder, then swap it in: a crash leaves no half-written `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the data folder is not
+    remove_stale_temps(out.parent, out.name)  # a build killed before the swap
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(umask_mode(0o777))  # mkdtemp makes it private; the data folder is not
     old = out.parent / f".{out.name}.old"
     try:
         build(cfg, tmp, progress, where)

@@ -12,9 +12,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from mim.checkpoint import atomic_write
 from mim.config import read_mapping
 from mim.errors import MimError
+from mim.files import atomic_write
 
 ACC_KEYS = ("top1", "acc1", "top1_acc", "accuracy")
 COLUMNS = ("teacher", "params_m", "tokens_per_image", "diversity", "diversity_std", "num_images", "student_top1")

@@ -1,0 +1,137 @@
+"""Files and folders on disk, with no torch: atomic writes (a crash never leaves a half-written
+output), the run lock, folder stamps and sha256.
+
+Written files follow the umask (like any file the user's tools write); a temporary file carries
+the writer's pid, so the next write removes those of writers that died mid-write.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mim.errors import MimError
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` less the process umask: what open() gives a new file (mkstemp gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, name: str) -> None:
+    """Remove `.<name>.<pid>.*.tmp` files or folders whose writer is gone (killed mid-write)."""
+    for p in Path(folder).glob(f".{name}.*.tmp"):
+        pid = p.name[len(name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or (int(pid) != os.getpid() and not _alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call write(tmp_path), then rename tmp_path over `path` (same directory, same filesystem)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunLock:
+    """Exclusive use of a run's state while a process trains it: `with RunLock(path): ...`.
+
+    An advisory lock (flock) on `path`, released by the kernel when the process ends however
+    it ends, so a killed run never leaves a stale lock; a second run of the same stage gets a
+    one-line error naming the holder instead of writing the same checkpoint.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.file: Any = None
+
+    @staticmethod
+    def beside(run_dir: Path) -> RunLock:
+        """The lock of a run folder, next to it (a stage may empty the folder itself)."""
+        run_dir = Path(run_dir)
+        return RunLock(run_dir.parent / f".{run_dir.name}.lock")
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")  # noqa: SIM115  (held until __exit__)
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise MimError(f"{self.path} is held by {holder}: wait for that run to finish or stop it") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv[1:3])})\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.seek(0)
+        self.file.truncate()
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed: put in a run's config so new input weights never resume an old run."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def claim_run_dir(folder: Path, key: dict[str, Any], stamp: str = "run.json") -> bool:
+    """Keep `folder` (another library's checkpoints) only if it was made by a run with this key.
+
+    Training stages that resume through detectron2 or mmengine cannot tell whether the
+    checkpoints in a persisted folder came from the same encoder, data and recipe.  The key
+    (plain data) is stamped into the folder; a different stamp empties it.  Returns True when
+    the folder was emptied.
+    """
+    folder = Path(folder)
+    path = folder / stamp
+    if path.is_file():
+        stale = json.loads(path.read_text()) != key
+    else:  # checkpoints nobody stamped cannot be trusted either
+        stale = folder.is_dir() and any(folder.iterdir())
+    if stale:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        path.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+    return stale
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
