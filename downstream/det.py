@@ -357,7 +357,10 @@ def train_and_evaluate(job: DetectJob, classes: int) -> dict[str, float | None]:
         start_iter = trainer.iter + 1
         log.info("resumed from %s at iteration %d/%d", checkpointer.get_checkpoint_file(), start_iter, max_iter)
     if start_iter < max_iter:
-        trainer.train(start_iter, max_iter)
+        try:
+            trainer.train(start_iter, max_iter)
+        except FloatingPointError as e:  # detectron2: "Loss became infinite or NaN at iteration=..."
+            raise MimError(f"detect: {e}; the checkpoints in {job.checkpoint_dir} are kept. Lower detect.lr") from None
 
     model.eval()
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))

@@ -14,16 +14,18 @@ and the stage hands it to `fit`, which owns the rest so every stage resumes the 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import math
 import os
 import random
+import statistics
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mim.checkpoint import load_checkpoint, save_checkpoint
-from mim.config import Betas, Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt
+from mim.config import Betas, Check, Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt
 from mim.data.images import epoch_seed, make_loader
 from mim.errors import MimError
 from mim.files import RunLock
@@ -79,6 +81,8 @@ class RunConfig:
     num_workers: NonNegInt = 0
     amp: bool = True  # bf16 autocast on CUDA; CPU runs stay in fp32 for determinism
     threads: NonNegInt = 0  # torch CPU threads; 0 = leave torch's default
+    divergence: Annotated[float, Check(lambda k: k == 0 or k > 1, "must be 0 (off) or above 1")] = 0.0  # stop when the
+    # loss exceeds this many times its running median (a diverging run); 0 = off. Changes no result it lets finish.
 
 
 Batch = Any
@@ -238,6 +242,8 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
     live = _live(log_dir, resume=start_epoch > 0)
     metrics: dict[str, float] = dict(state.get("metrics", {})) if start_epoch > 0 and state else {}
     use_amp = run.amp and dev.type == "cuda"
+    guard = DivergenceGuard(run.divergence)
+    last_good = f"the checkpoint of epoch {start_epoch} is kept" if start_epoch else "no checkpoint was written"
     for epoch in range(start_epoch, optim.epochs):
         seed_everything(epoch_seed(run.seed, epoch))
         model.train()
@@ -253,8 +259,12 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
             it = epoch * updates_per_epoch + i // optim.accum_steps
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, logs = task.step(train_model, _to(batch, dev))
-            if not torch.isfinite(loss):
-                raise MimError(f"{desc}: loss is {loss.item()} at epoch {epoch + 1}, batch {i}; lower the lr or check the data")
+            value = loss.item()
+            if not math.isfinite(value):
+                raise MimError(f"{desc}: loss is {value} at epoch {epoch + 1}, batch {i}; {last_good}. Lower the lr or check the data")
+            if guard.diverged(value):
+                raise MimError(f"{desc}: loss {value:.3g} at epoch {epoch + 1}, batch {i} is over {run.divergence:g}x its running "
+                               f"median {guard.median:.3g} (run.divergence); {last_good}. Lower the lr")
             (loss / optim.accum_steps).backward()
             if (i + 1) % optim.accum_steps == 0:
                 for g in opt.param_groups:
@@ -271,7 +281,7 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
                 sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
             if hasattr(progress, "set_postfix"):
-                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_sched[it]:.2e}", refresh=False)  # mininterval governs
+                progress.set_postfix(loss=f"{value:.4f}", lr=f"{lr_sched[it]:.2e}", refresh=False)  # mininterval governs
         metrics = {f"train/{k}": v / max(n, 1) for k, v in sums.items()}
         metrics["lr"] = float(lr_sched[min((epoch + 1) * updates_per_epoch, total) - 1])
         if task.evaluate is not None:
@@ -280,18 +290,21 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
             for k, v in metrics.items():
                 live.log_metric(k, v)
             live.next_step()
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "extra": {k: v.state_dict() for k, v in task.extra_state.items()},
+            "epoch": epoch,
+            "config": config,
+            "metrics": metrics,
+        }
+        bad = non_finite(state)
+        if bad:  # never saved: the checkpoint on disk stays the last good one
+            raise MimError(f"{desc}: {len(bad)} tensors are not finite after epoch {epoch + 1} (e.g. {', '.join(bad[:3])}); "
+                           f"{last_good}. Lower the lr or set optim.clip_grad")
         if is_main():
-            save_checkpoint(
-                checkpoint,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "extra": {k: v.state_dict() for k, v in task.extra_state.items()},
-                    "epoch": epoch,
-                    "config": config,
-                    "metrics": metrics,
-                },
-            )
+            save_checkpoint(checkpoint, state)
+        last_good = f"the checkpoint of epoch {epoch + 1} is kept"
     if live is not None:
         live.end()
     return metrics
@@ -319,6 +332,43 @@ def inputs_fingerprint(manifest: Path = Path("data/manifest.json"), code: Iterab
     if manifest.is_file():
         h.update(manifest.read_bytes())
     return h.hexdigest()[:16]
+
+
+class DivergenceGuard:
+    """Flags a loss above `factor` times the median of the last `window` losses (after `warmup` steps)."""
+
+    def __init__(self, factor: float, window: int = 200, warmup: int = 20) -> None:
+        self.factor, self.warmup = factor, warmup
+        self.losses: collections.deque[float] = collections.deque(maxlen=window)
+        self.median = float("nan")
+
+    def diverged(self, loss: float) -> bool:
+        if self.factor <= 0:
+            return False
+        if len(self.losses) >= self.warmup:
+            self.median = statistics.median(self.losses)
+            if self.median > 0 and loss > self.factor * self.median:
+                return True
+        self.losses.append(loss)
+        return False
+
+
+def require_finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    """`x`, or a one-line error when it holds NaN or Inf (an evaluation never reports a number from those)."""
+    if not bool(torch.isfinite(x).all()):
+        raise MimError(f"{what} are not finite (NaN or Inf): the model or the data is broken")
+    return x
+
+
+def non_finite(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state that hold NaN or Inf."""
+    if isinstance(state, torch.Tensor):
+        return [prefix or "tensor"] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, dict):
+        return [n for k, v in state.items() for n in non_finite(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(state, (list, tuple)):
+        return [n for i, v in enumerate(state) for n in non_finite(v, f"{prefix}[{i}]")]
+    return []
 
 
 def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -129,3 +129,50 @@ def test_make_task_checks_the_batch_seeds_the_build_and_skips_norms():
     assert [x[0].tolist() for x in a.loader(1)] == [x[0].tolist() for x in b.loader(1)]  # deterministic per epoch
     with pytest.raises(MimError, match="10 images, fewer than one optimizer step of 32"):
         make_task(build, data, OptimConfig(epochs=1, batch_size=32, base_lr=0.1), RunConfig(), step)
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    task = toy_task()
+    real_eval = task.evaluate
+
+    def corrupt(epoch: int):
+        if epoch == 1:  # weights turned NaN during epoch 2 while the loss looked finite
+            task.model[0].weight.data[0, 0] = float("nan")
+        return real_eval(epoch)
+
+    task.evaluate = corrupt
+    with pytest.raises(MimError, match=r"1 tensors are not finite after epoch 2 \(e\.g\. model\.0\.weight\); the checkpoint of "
+                                       r"epoch 1 is kept"):
+        run(task, tmp_path)
+    kept = load_checkpoint(tmp_path / "ckpt.pt")
+    assert kept["epoch"] == 0 and all(torch.isfinite(t).all() for t in kept["model"].values())
+
+
+def test_nan_loss_stops_at_that_step_and_says_which_checkpoint_is_kept(tmp_path):
+    task = toy_task(optim=OptimConfig(epochs=3, batch_size=4, base_lr=0.5))
+    step = task.step
+    calls = []
+
+    def nan_in_epoch_two(m, x):
+        calls.append(1)
+        loss, logs = step(m, x)
+        return (loss * float("nan") if len(calls) == 6 else loss), logs
+
+    task.step = nan_in_epoch_two
+    with pytest.raises(MimError, match=r"loss is nan at epoch 2, batch 1; the checkpoint of epoch 1 is kept"):
+        run(task, tmp_path)
+    assert load_checkpoint(tmp_path / "ckpt.pt")["epoch"] == 0
+
+
+def test_divergence_guard():
+    from mim.engine import DivergenceGuard
+
+    off = DivergenceGuard(0.0)
+    assert not any(off.diverged(x) for x in [1.0] * 30 + [1e9])
+    g = DivergenceGuard(100.0, warmup=5)
+    assert not any(g.diverged(x) for x in [1.0, 2.0, 1.5, 1.2, 1.1, 50.0, 1.0])  # a spike under 100x passes
+    assert g.diverged(1e6) and g.median == pytest.approx(1.2)
+    with pytest.raises(Exception, match="must be 0 \\(off\\) or above 1"):
+        from mim.config import from_dict
+
+        from_dict(RunConfig, {"divergence": 0.5})

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from mim.config import NonNegInt, PosInt
 from mim.data.images import ImageFolder, make_loader
 from mim.data.transforms import eval_transform
+from mim.engine import require_finite
 from mim.teacher.frozen import Teacher, describe
 from mim.vit import ViTEncoder
 
@@ -85,7 +86,7 @@ def score_teacher(teacher: Teacher, batches: Iterable[torch.Tensor | tuple[torch
     meter = DiversityMeter()
     for batch in batches:
         imgs = batch[0] if isinstance(batch, (tuple, list)) else batch
-        meter.update(teacher.tokens(imgs.to(device)).float())  # (B, h, w, C)
+        meter.update(require_finite(teacher.tokens(imgs.to(device)).float(), f"teacher {teacher.name}'s tokens"))  # (B, h, w, C)
     return meter.result()
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from mim.config import DropRate, Fraction, LayerDecay, NonNegFloat, NonNegInt, PosInt, Scale, to_dict
 from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, make_loader
 from mim.encoder_file import EncoderFile
-from mim.engine import OptimConfig, RunConfig, Task, fit, is_main, make_task
+from mim.engine import OptimConfig, RunConfig, Task, fit, is_main, make_task, require_finite
 from mim.errors import MimError
 from mim.param_groups import layer_decay_groups
 from mim.vit import ViTEncoder
@@ -103,7 +103,7 @@ def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, topk: tuple[in
     total = 0
     loader = make_loader(dataset, batch_size, epoch=0, seed=0, shuffle=False, drop_last=False)
     for imgs, labels in loader:
-        logits = model(imgs.to(dev)).float()
+        logits = require_finite(model(imgs.to(dev)).float(), "the fine-tuned classifier's logits")
         labels = labels.to(dev)
         top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices  # (N, k)
         hit = top == labels[:, None]

@@ -7,6 +7,7 @@ features by cosine similarity with weights exp(sim / T) (DINO `eval_knn.py`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,8 @@ from torch.utils.data import Dataset
 from mim.config import Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt
 from mim.data.images import ImageFolder, make_loader
 from mim.data.transforms import eval_transform
+from mim.engine import require_finite
+from mim.errors import MimError
 from mim.eval.knn import knn_classify, topk_accuracy
 from mim.schedules import cosine_schedule
 from mim.vit import ViTEncoder
@@ -61,7 +64,7 @@ def extract_features(encoder: ViTEncoder, dataset: Dataset, batch_size: int) -> 
     dev = next(encoder.parameters()).device
     feats, labels = [], []
     for imgs, y in make_loader(dataset, batch_size, epoch=0, seed=0, shuffle=False, drop_last=False):
-        feats.append(encoder.forward_features(imgs.to(dev))[:, 0].float().cpu())
+        feats.append(require_finite(encoder.forward_features(imgs.to(dev))[:, 0].float(), "the encoder's features").cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
 
@@ -120,6 +123,8 @@ def linear_probe(
             for group in opt.param_groups:
                 group["lr"] = float(sched[epoch * steps + i])
             loss = loss_fn(head(train_feats[idx]), train_labels[idx])
+            if not math.isfinite(loss.item()):
+                raise MimError(f"the linear probe diverged (loss {loss.item()} at epoch {epoch + 1}); lower probe.linear.base_lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -32,7 +32,7 @@ from torchvision import transforms as T
 from mim.config import DropRate, Fraction, Momentum, NonNegInt, PosFloat, PosInt, Scale
 from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, make_loader
 from mim.data.transforms import eval_transform
-from mim.engine import OptimConfig, RunConfig, Task, device, make_task
+from mim.engine import OptimConfig, RunConfig, Task, device, make_task, require_finite
 from mim.eval.knn import knn_classify, topk_accuracy
 from mim.param_groups import weight_decay_groups
 from mim.schedules import cosine_schedule
@@ -376,7 +376,8 @@ def task(cfg: Config, run: RunConfig, root: Path) -> Task:
         backbone = dino.teacher.backbone
         feats, labels = [], []
         for x, y in make_loader(dataset, 64, epoch=0, seed=run.seed, shuffle=False, drop_last=False, num_workers=run.num_workers):
-            feats.append(pooled(backbone, x.to(device())).float().cpu())  # (B, C) pooled last stage
+            f = require_finite(pooled(backbone, x.to(device())).float(), "the DINO teacher's k-NN features")
+            feats.append(f.cpu())  # (B, C) pooled last stage
             labels.append(y)
         return torch.cat(feats), torch.cat(labels)
 

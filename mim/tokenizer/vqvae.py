@@ -24,7 +24,7 @@ from torch import nn
 
 from mim.config import Momentum, NonNegFloat, NonNegInt, PosInt, Range, Scale
 from mim.data.images import ImageFolder, make_loader
-from mim.engine import OptimConfig, RunConfig, Task, local_batch, make_task
+from mim.engine import OptimConfig, RunConfig, Task, local_batch, make_task, require_finite
 from mim.errors import MimError
 from mim.tokenizer.frozen import Tokenizer, vqvae_tokenizer
 
@@ -234,7 +234,7 @@ def evaluate_tokenizer(tok: Tokenizer, loader: Any) -> dict[str, float]:
         imgs = imgs.to(dev)
         all_ids.append(tok.tokens(imgs).cpu())
         if tok.kind == "vqvae":
-            recon, _, _ = tok.net(imgs)
+            recon = require_finite(tok.net(imgs)[0], "the tokenizer's reconstructions")
             se += float(((recon.float().clamp(-1, 1) + 1) / 2 - imgs).pow(2).sum())
             n += imgs.numel()
     out = code_stats(torch.cat(all_ids), tok.vocab_size)
