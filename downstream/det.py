@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from detectron2 import model_zoo
-from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint import DetectionCheckpointer  # subclassed: SafeCheckpointer
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import (
@@ -91,6 +91,27 @@ class DetectJob:
     run: RunConfig
     checkpoint_dir: Path
     log_dir: Path
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """detectron2's checkpointer that resumes only what `torch.load(weights_only=True)` accepts.
+
+    detectron2 unpickles a `.pkl` named in `last_checkpoint` with plain `pickle.load`, which runs
+    code stored in the file; here only `.pth` files inside the run's checkpoint folder load, with
+    `weights_only=True`, and anything else is a one-line error saying how to start over.
+    """
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        path, folder = Path(filename).resolve(), Path(self.save_dir).resolve()
+        again = f"delete {self.save_dir} to start this run over"
+        if path.suffix != ".pth" or folder not in path.parents:
+            raise MimError(f"refusing to resume from {filename}: not a .pth checkpoint inside {self.save_dir} "
+                           f"(named by its last_checkpoint); {again}")
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a pickle with code, a truncated or foreign file
+            raise MimError(f"cannot resume safely from {filename} ({str(e).splitlines()[0][:150]}); {again}") from None
+        return loaded if isinstance(loaded, dict) and "model" in loaded else {"model": loaded}
 
 
 class LevelMaxPool(LastLevelMaxPool):
@@ -330,7 +351,7 @@ def train_and_evaluate(job: DetectJob, classes: int) -> dict[str, float | None]:
     loader = instantiate(cfg.dataloader.train)
     ddp = create_ddp_model(model, broadcast_buffers=False, fp16_compression=cfg.train.amp.enabled)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(ddp, loader, optimizer)
-    checkpointer = DetectionCheckpointer(model, str(job.checkpoint_dir), trainer=trainer)
+    checkpointer = SafeCheckpointer(model, str(job.checkpoint_dir), trainer=trainer)
     max_iter = cfg.train.max_iter
     trainer.register_hooks(
         [

@@ -19,6 +19,7 @@ import_mmseg()
 
 import logging  # noqa: E402
 import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -30,6 +31,7 @@ from mmseg.registry import METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: 
 from torch import nn  # noqa: E402
 
 from downstream.seg_backbone import MimViT  # noqa: E402
+from mim.errors import MimError  # noqa: E402
 from mim.param_groups import layer_decay_groups  # noqa: E402
 
 MODELS.register_module(name="MimViT", module=MimViT, force=True)
@@ -103,7 +105,20 @@ class _ConsoleFilter(logging.Filter):
 
 
 class ConsoleRunner(Runner):
-    """Runner with a readable console: progress, metrics and warnings, not the 300-line dumps."""
+    """Runner with a readable console (progress, metrics and warnings, not the 300-line dumps) that
+    resumes only a `.pth` inside its work dir that `torch.load(weights_only=True)` accepts."""
+
+    def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
+        path, folder = Path(filename).resolve(), Path(self.work_dir).resolve()
+        again = f"delete {self.work_dir} to start this run over"
+        if path.suffix != ".pth" or folder not in path.parents:
+            raise MimError(f"refusing to resume from {filename}: not a .pth checkpoint inside {self.work_dir} "
+                           f"(named by its last_checkpoint); {again}")
+        try:  # checked here with weights_only=True whatever torch's default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD say
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a pickle with code, a truncated or foreign file
+            raise MimError(f"cannot resume safely from {filename} ({str(e).splitlines()[0][:150]}); {again}") from None
+        super().resume(filename, *args, **kwargs)
 
     def build_logger(self, *args: Any, **kwargs: Any) -> Any:
         logger = super().build_logger(*args, **kwargs)

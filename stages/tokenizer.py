@@ -56,11 +56,13 @@ def tokenizer(params_path: Path, data: Path, out: Path, metrics: Path, run_dir: 
 @click.command("convert-dalle")
 @click.argument("pkl", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-def convert_dalle(pkl: Path, out: Path) -> None:
+@click.option("--allow-pickle", is_flag=True, help="Unpickle PKL if it is not a plain state_dict (the official file is a "
+                                                  "pickled module): this runs code stored in it; only for a file you trust.")
+def convert_dalle(pkl: Path, out: Path, allow_pickle: bool) -> None:
     """Convert DALL-E's pickled encoder.pkl to a plain safetensors OUT, once (unpickling runs code
     stored in the file: convert only the official one).  Then set tokenizer.mode dalle and
     tokenizer.dalle_weights OUT."""
     from mim.tokenizer.official_dalle import convert_dalle as convert
 
-    arch = convert(pkl, out)
+    arch = convert(pkl, out, allow_pickle)
     click.echo(f"wrote {out} ({arch}); set tokenizer.dalle_weights to it and tokenizer.mode to dalle")

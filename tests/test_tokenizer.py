@@ -97,7 +97,9 @@ def test_converted_dalle_encoder_gives_the_same_ids(tmp_path, capsys):
     torch.manual_seed(0)
     official = dalle_encoder(n_hid=64, n_blk_per_group=1, vocab_size=512)  # official key layout, random init
     torch.save(official, tmp_path / "encoder.pkl")  # a pickled module, like the official file
-    arch = convert_dalle(tmp_path / "encoder.pkl", tmp_path / "encoder.safetensors")
+    with pytest.raises(MimError, match=r"not a plain state_dict .*convert-dalle .* --allow-pickle"):
+        convert_dalle(tmp_path / "encoder.pkl", tmp_path / "encoder.safetensors")  # a pickled module: refused by default
+    arch = convert_dalle(tmp_path / "encoder.pkl", tmp_path / "encoder.safetensors", allow_pickle=True)
     assert "unpickling" in capsys.readouterr().err
     assert arch == {"n_hid": 64, "vocab_size": 512, "n_blk_per_group": 1, "group_count": 4}
     enc, arch = load_dalle(tmp_path / "encoder.safetensors")
@@ -123,7 +125,7 @@ def test_stage_exports_the_converted_dalle_encoder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     torch.save(dalle_encoder(n_hid=16, n_blk_per_group=1, vocab_size=64), tmp_path / "encoder.pkl")
-    res = CliRunner().invoke(main, ["convert-dalle", "encoder.pkl", "dalle.safetensors"])
+    res = CliRunner().invoke(main, ["convert-dalle", "encoder.pkl", "dalle.safetensors", "--allow-pickle"])
     assert res.exit_code == 0, res.output
     make_imagenet(tmp_path / "img", classes=2, train=1, val=2, size=40)
     (tmp_path / "p.yaml").write_text(

@@ -42,25 +42,25 @@ def _dalle_arch(state: dict[str, torch.Tensor]) -> dict[str, int]:
         raise MimError(f"not a DALL-E dVAE encoder state_dict (missing {e})") from None
 
 
-def convert_dalle(pkl: Path, out: Path) -> dict[str, int]:
-    """Unpickle the official encoder.pkl ONCE and write its weights as plain safetensors."""
+def convert_dalle(pkl: Path, out: Path, allow_pickle: bool = False) -> dict[str, int]:
+    """The DALL-E encoder's weights in `pkl` as plain safetensors `out`, once.
+
+    A plain state_dict loads with `weights_only=True`. The official encoder.pkl is a pickled
+    module, which only a full unpickle reads, and unpickling runs code stored in the file: that
+    needs `allow_pickle` (`mimrepro convert-dalle PKL OUT --allow-pickle`), and is the one place
+    mimrepro ever unpickles.
+    """
     pkl = Path(pkl)
     if not pkl.is_file():
         raise MimError(f"DALL-E encoder file not found: {pkl}")
-    print(
-        f"WARNING: unpickling {pkl} executes code stored in it. Convert only a file you trust "
-        "(the official DALL-E encoder.pkl); afterwards mimrepro loads only the safetensors output.",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:  # the pickle references dall_e classes: fail early with the install hint
-        import dall_e  # noqa: F401
-    except ImportError:
-        raise MimError("unpickling encoder.pkl needs the `dall-e` package: pip install --no-deps dall-e==0.1") from None
     try:
-        obj = torch.load(pkl, map_location="cpu", weights_only=False)
+        obj = torch.load(pkl, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise MimError(f"cannot unpickle {pkl}: {e}") from None
+        if not allow_pickle:
+            raise MimError(f"{pkl} is not a plain state_dict ({str(e).splitlines()[0][:120]}); if it is the official DALL-E "
+                           f"encoder.pkl, convert it once with `mimrepro convert-dalle {pkl} {out} --allow-pickle` "
+                           "(unpickling runs code stored in the file: only for a file you trust)") from None
+        obj = _unpickle(pkl)
     state = obj.state_dict() if isinstance(obj, nn.Module) else obj
     if not isinstance(state, dict):
         raise MimError(f"{pkl} holds a {type(obj).__name__}, not the DALL-E encoder module or its state_dict")
@@ -71,6 +71,19 @@ def convert_dalle(pkl: Path, out: Path) -> dict[str, int]:
     save_safetensors(Path(out), state, meta)
     return arch
 
+
+
+def _unpickle(pkl: Path) -> object:
+    print(f"WARNING: unpickling {pkl} runs code stored in it (--allow-pickle); afterwards mimrepro loads only "
+          "the safetensors output.", file=sys.stderr, flush=True)
+    try:  # the pickle references dall_e classes: fail early with the install hint
+        import dall_e  # noqa: F401
+    except ImportError:
+        raise MimError("unpickling encoder.pkl needs the `dall-e` package: pip install --no-deps dall-e==0.1") from None
+    try:
+        return torch.load(pkl, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise MimError(f"cannot unpickle {pkl}: {e}") from None
 
 
 def dalle_net(state: dict[str, torch.Tensor], path: Path) -> tuple[nn.Module, dict[str, int]]:
