@@ -63,15 +63,17 @@ TRAIN_NAME, VAL_NAME = "mimrepro_coco_train2017", "mimrepro_coco_val2017"
 
 @dataclass(frozen=True, kw_only=True)
 class CocoPaths:
-    """A COCO-layout root: {train2017,val2017}/ images and annotations/instances_*.json."""
+    """A COCO-layout root: {train2017,val2017}/ images and annotations/instances_*.json (or, when
+    prepare-data left bad entries out, the instances_*.json it wrote in `annotations_dir`)."""
 
     root: Path
+    annotations_dir: Path | None = None
 
     def images(self, split: str) -> Path:
         return self.root / split
 
     def annotations(self, split: str) -> Path:
-        return self.root / "annotations" / f"instances_{split}.json"
+        return (self.annotations_dir or self.root / "annotations") / f"instances_{split}.json"
 
     def check(self) -> None:
         for split in ("train2017", "val2017"):
@@ -306,6 +308,7 @@ def run_key(job: DetectJob, classes: int) -> dict[str, Any]:
         "detect": {k: v for k, v in to_dict(job.det).items() if k not in NOT_TRAINING},
         "seed": job.run.seed,
         "coco": str(job.coco.root),
+        **({"annotations": str(job.coco.annotations_dir)} if job.coco.annotations_dir else {}),
         "classes": classes,
         "encoder_sha256": EncoderFile.read(job.encoder).sha256,
     }

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from mim.config import Betas, DropRate, LayerDecay, NonNegFloat, NonNegInt, PosFloat, PosInt, Ratios
 from mim.data.images import IMAGENET_MEAN, IMAGENET_STD
 from mim.data.manifest import locate, read_manifest, validate_ade20k
+from mim.data.scan import ade20k_problems, report
 from mim.encoder_file import EncoderFile
 from mim.engine import RunConfig, setup
 from mim.errors import MimError
@@ -81,22 +82,34 @@ class SegmentConfig:
 class SegData:
     root: Path  # the ADEChallengeData2016 folder
     classes: tuple[str, ...]  # label k (1..K in the PNGs) is classes[k-1]; 0 = other/ignore
+    splits: Path | None = None  # training.txt / validation.txt: the image stems to use (prepare-data skipped the others)
 
 
 def find_data(data: Path) -> SegData:
     """The ADE20K root and its K class names: from data/manifest.json (written by prepare-data), or
-    from an ADEChallengeData2016 folder itself (objectInfo150.txt, else 150 unnamed classes)."""
+    from an ADEChallengeData2016 folder itself (objectInfo150.txt, else 150 unnamed classes), whose
+    images and label maps are then checked one by one (mim/data/scan.py) before any training."""
     data = Path(data)
     root = locate(data, "ade20k")
     info = validate_ade20k(root)  # the layout, and a label PNG for every image (DataError otherwise)
+    splits = None
     if data.is_dir():
         k, names = int(info["classes"]), list(info["class_names"])
+        bad, _ = ade20k_problems(root, k)
+        if bad:
+            raise report(bad, root, "ADE20K files", "fix or remove them (or prepare the dataset with data.on_bad_file: skip)")
     else:
         m = read_manifest(data)
         k = m.ade20k_classes
         names = list(m.class_names.get("ade20k", ()))[:k]
+        splits = m.ade20k_splits
     names += [f"class_{i}" for i in range(len(names) + 1, k + 1)]  # real ADE20K without objectInfo150.txt
-    return SegData(root=root, classes=tuple(names))
+    return SegData(root=root, classes=tuple(names), splits=splits)
+
+
+def split_list(data: SegData, split: str) -> dict[str, str]:
+    """mmseg's `ann_file`: a text file of image stems, read instead of listing the folder (BaseSegDataset)."""
+    return {} if data.splits is None else {"ann_file": str((data.splits / f"{split}.txt").resolve())}
 
 
 # --- the mmseg config ---------------------------------------------------------------------------
@@ -189,14 +202,15 @@ def build_config(
     train_dataloader = dict(
         batch_size=cfg.batch_size // world_size(),
         sampler=dict(type="InfiniteSampler", shuffle=True),
-        dataset=dict(**dataset, data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"), pipeline=train_pipeline),
+        dataset=dict(**dataset, **split_list(data, "training"),
+                     data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"), pipeline=train_pipeline),
         **workers,
     )
     val_dataloader = dict(
         batch_size=1,
         sampler=dict(type="DefaultSampler", shuffle=False),
-        dataset=dict(**dataset, data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"),
-                     pipeline=test_pipeline),
+        dataset=dict(**dataset, **split_list(data, "validation"),
+                     data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"), pipeline=test_pipeline),
         **workers,
     )
     schedulers = [

@@ -27,7 +27,7 @@ def detect(encoder: Path, data: Path, metrics: Path, run_dir: Path, num_gpus: in
 
     from downstream.det import CocoPaths, DetectJob, run_detect
     from downstream.det_config import DetectConfig
-    from mim.data.manifest import locate
+    from mim.data.manifest import open_coco
     from mim.encoder_file import EncoderFile
     from mim.engine import RunConfig
     from mim.errors import ConfigError, MimError
@@ -39,7 +39,8 @@ def detect(encoder: Path, data: Path, metrics: Path, run_dir: Path, num_gpus: in
     for key, message in det.check_encoder(enc.config):
         raise ConfigError(f"{params_path}: detect.{key}: {message} (the encoder {encoder})")
     name = enc.metadata.get("student", encoder.parent.name)
-    paths = CocoPaths(root=locate(data, "coco"))
+    root, annotations = open_coco(data)  # a COCO folder given directly is checked file by file first
+    paths = CocoPaths(root=root, annotations_dir=None if annotations == root / "annotations" else annotations)
     paths.check()
     gpus = torch.cuda.device_count() if num_gpus is None else num_gpus
     if gpus > torch.cuda.device_count():

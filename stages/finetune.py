@@ -16,7 +16,7 @@ from stages.common import data_option, encoder_option, file_option, load, params
 @params_option
 def finetune(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_path: Path) -> None:
     """Fine-tune --encoder on <data>/train, evaluate on <data>/val, write top-1/top-5 to --metrics."""
-    from mim.data.manifest import locate
+    from mim.data.images import open_dataset
     from mim.encoder_file import EncoderFile
     from mim.eval.finetune import FinetuneConfig
     from mim.eval.finetune import finetune as run_finetune
@@ -27,8 +27,9 @@ def finetune(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_pat
     run = start(params_path)
     enc = EncoderFile.read(encoder)
     name = enc.metadata.get("student", encoder.parent.name)
-    out = run_finetune(enc, locate(data, "imagenet"), cfg, run, checkpoint=run_dir / CHECKPOINT, log_dir=run_dir,
-                       desc=f"finetune {name}")
+    ds = open_dataset(data, run.num_workers or None)
+    out = run_finetune(enc, ds, cfg, run, checkpoint=run_dir / CHECKPOINT, log_dir=run_dir, desc=f"finetune {name}")
     if out:
+        out["skipped_images"] = len(ds.skipped)
         write_json(metrics, out)
         click.echo(f"{name}: fine-tune top-1 {out['top1']:.2f}  top-5 {out['top5']:.2f}")

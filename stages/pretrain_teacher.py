@@ -20,7 +20,7 @@ def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metric
     """Pretrain the DINO teacher (params `dino`; ResNet-50 by default) and export its backbone
     with timm key names; logs k-NN top-1, teacher entropy and student-teacher KL per epoch."""
     from mim.config import to_dict
-    from mim.data.manifest import locate
+    from mim.data.images import open_dataset
     from mim.engine import is_main
     from mim.files import write_json
     from mim.teacher import dino
@@ -29,9 +29,9 @@ def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metric
 
     cfg = load(params_path, "dino", dino.Config)
     run = start(params_path)
-    root = locate(data, "imagenet")
-    t = dino.task(cfg, run, root)
-    config = {"dino": to_dict(cfg), "seed": run.seed, "data": str(root), "train_files": t.info["train_files"]}
+    ds = open_dataset(data, run.num_workers or None)
+    t = dino.task(cfg, run, ds)
+    config = {"dino": to_dict(cfg), "seed": run.seed, "data": str(ds.root), "train_files": t.info["train_files"]}
     t0 = time.time()
     result = fit_in(t, run, run_dir, config, desc=f"dino {name}")
     if not is_main():
@@ -44,6 +44,7 @@ def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metric
         "train_images": int(t.info["train_images"]),
         "val_images": int(t.info["val_images"]),
         "params_m": round(sum(p.numel() for p in backbone.parameters()) / 1e6, 2),
+        "skipped_images": len(ds.skipped),
         "seconds": round(time.time() - t0, 1),
         **{k.removeprefix("train/"): v for k, v in result.items()},
     }

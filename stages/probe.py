@@ -16,7 +16,7 @@ from stages.common import data_option, encoder_option, file_option, load, params
 @params_option
 def probe(encoder: Path, data: Path, metrics: Path, params_path: Path) -> None:
     """Linear probe (MAE) and k-NN (DINO) on frozen features of --encoder; writes --metrics."""
-    from mim.data.manifest import locate
+    from mim.data.images import open_dataset
     from mim.encoder_file import EncoderFile
     from mim.engine import device
     from mim.eval.probe import ProbeConfig
@@ -28,7 +28,8 @@ def probe(encoder: Path, data: Path, metrics: Path, params_path: Path) -> None:
     run = start(params_path)
     enc = EncoderFile.read(encoder)
     t0 = time.perf_counter()
-    out = run_probe(enc.build().to(device()), locate(data, "imagenet"), cfg, seed=run.seed)
+    ds = open_dataset(data, run.num_workers or None)
+    out = {**run_probe(enc.build().to(device()), ds, cfg, seed=run.seed), "skipped_images": len(ds.skipped)}
     write_json(metrics, out)
     name = enc.metadata.get("student", encoder.parent.name)
     click.echo(f"{name}: linear top-1 {out['linear_top1']:.2f}  k-NN top-1 {out['knn_top1']:.2f}  ({time.perf_counter() - t0:.1f} s)")

@@ -19,7 +19,7 @@ from stages.common import data_option, file_option, load, params_option
 def token_diversity(params_path: Path, weights: Path, arch: str | None, data: Path, metrics: Path) -> None:
     """Score a teacher's token diversity (1 - mean pairwise cosine of an image's output tokens,
     Img2Vec) over the images of params `diversity`; writes --metrics."""
-    from mim.data.manifest import locate
+    from mim.data.images import open_dataset
     from mim.engine import device
     from mim.eval.diversity import DiversityConfig, diversity
     from mim.files import write_json
@@ -30,7 +30,8 @@ def token_diversity(params_path: Path, weights: Path, arch: str | None, data: Pa
     run = start(params_path)
     teacher = load_teacher(weights, arch)
     t0 = time.time()
-    out = diversity(teacher, locate(data, "imagenet"), cfg, device(), run.num_workers)
+    ds = open_dataset(data, run.num_workers or None)
+    out = {**diversity(teacher, ds, cfg, device(), run.num_workers), "skipped_images": len(ds.skipped)}
     out["seconds"] = round(time.time() - t0, 1)
     write_json(metrics, out)
     click.echo(f"{metrics.stem}: diversity {out['diversity']:.4f} ± {out['std']:.4f} over {out['num_images']} images, "

@@ -18,7 +18,7 @@ def tokenizer(params_path: Path, data: Path, out: Path, metrics: Path, run_dir: 
     """Train BEiT's visual tokenizer (VQ-VAE, tokenizer.mode train) or export the converted DALL-E
     encoder (mode dalle; convert its pickle first with `mimrepro convert-dalle`)."""
     from mim.config import to_dict
-    from mim.data.manifest import locate
+    from mim.data.images import open_dataset
     from mim.engine import is_main
     from mim.errors import MimError
     from mim.files import write_json
@@ -28,26 +28,26 @@ def tokenizer(params_path: Path, data: Path, out: Path, metrics: Path, run_dir: 
 
     cfg = load(params_path, "tokenizer", vqvae.Config)
     run = start(params_path)
-    root = locate(data, "imagenet")
+    ds = open_dataset(data, run.num_workers or None)
     if cfg.mode == "dalle":
         from mim.tokenizer.official_dalle import dalle_tokenizer, load_dalle
 
         if not cfg.dalle_weights:
             raise MimError("tokenizer.dalle_weights is empty: convert encoder.pkl with `mimrepro convert-dalle PKL OUT`")
         tok = dalle_tokenizer(*load_dalle(Path(cfg.dalle_weights)), image_size=cfg.model.image_size)
-        val = vqvae.val_loader(root, cfg.model.image_size, 64, run)
+        val = vqvae.val_loader(ds, cfg.model.image_size, 64, run)
         result = {f"val/{k}": v for k, v in vqvae.evaluate_tokenizer(tok, val).items()}
         run_dir.mkdir(parents=True, exist_ok=True)  # nothing trains: an empty run folder (dvc.yaml's out)
     else:
-        t = vqvae.task(cfg, run, root)
-        config = {"tokenizer": to_dict(cfg), "seed": run.seed, "data": str(root)}
+        t = vqvae.task(cfg, run, ds)
+        config = {"tokenizer": to_dict(cfg), "seed": run.seed, "data": str(ds.root)}
         result = fit_in(t, run, run_dir, config, desc="tokenizer")
         tok = vqvae_tokenizer(t.model.cpu())
     if not is_main():
         return
     save_tokenizer(out, tok)
     summary = {k.removeprefix("val/"): v for k, v in result.items() if k.startswith("val/")}
-    summary.update(vocab_size=float(tok.vocab_size), grid=float(tok.grid))
+    summary.update(vocab_size=float(tok.vocab_size), grid=float(tok.grid), skipped_images=len(ds.skipped))
     write_json(metrics, summary)
     click.echo(f"tokenizer ({tok.kind}, {tok.vocab_size} words, {tok.grid}x{tok.grid} grid): "
                f"codebook usage {summary['codebook_usage']:.1%}, perplexity {summary['perplexity']:.1f} -> {out}")

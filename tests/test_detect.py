@@ -192,7 +192,7 @@ def test_detect_stage_errors_are_one_line(tmp_path, monkeypatch):
     save_encoder(Path("models/s/encoder.safetensors"), ViTEncoder(TINY))
     (tmp_path / "coco").mkdir()
     out = CliRunner().invoke(main, ["detect", "--encoder", "models/s/encoder.safetensors", *paths, *params])
-    assert out.exit_code == 1 and "COCO layout incomplete" in out.output
+    assert out.exit_code == 1 and "COCO root coco: missing train2017/" in out.output
 
 
 @pytest.mark.detectron2

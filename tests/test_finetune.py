@@ -122,7 +122,8 @@ def test_finetune_and_probe_stages_write_metrics(tmp_path, monkeypatch):
     res = r.invoke(main, ["finetune", *enc, "--metrics", "ft.json", "--run", "runs/ft"])
     assert res.exit_code == 0, res.output
     ft = json.loads((tmp_path / "ft.json").read_text())
-    assert set(ft) == {"top1", "top5", "epochs", "labels_per_class", "pretrain_epochs"} and ft["top5"] == 100.0  # 3 classes
+    assert set(ft) == {"top1", "top5", "epochs", "labels_per_class", "pretrain_epochs", "skipped_images"}
+    assert ft["top5"] == 100.0 and ft["skipped_images"] == 0  # 3 classes
     assert ft["pretrain_epochs"] == 7  # from the encoder's metadata, for the results table
     res = r.invoke(main, ["probe", *enc, "--metrics", "pr.json"])
     assert res.exit_code == 0, res.output

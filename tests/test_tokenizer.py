@@ -5,6 +5,7 @@ import torch
 
 from imagefolders import make_imagenet
 from mim.checkpoint import load_checkpoint
+from mim.data.images import DataRoot
 from mim.engine import OptimConfig, RunConfig, fit
 from mim.errors import MimError
 from mim.tokenizer import vqvae
@@ -55,7 +56,7 @@ def test_vqvae_trains_resumes_identically_and_reports_usage(tmp_path):
     run = RunConfig(seed=1)
 
     def train(where: Path, crash: bool = False):
-        task = vqvae.task(cfg, run, data)
+        task = vqvae.task(cfg, run, DataRoot(data))
         if crash:
             inner = task.evaluate
 

@@ -6,7 +6,8 @@ a corrupt image is a `DataError` naming the path, never a bare PIL traceback.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mim.data.manifest import locate, read_manifest, validate_imagenet
+from mim.data.scan import imagenet_problems, report, to_rgb
 from mim.errors import DataError
 
 IMG_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -23,9 +26,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def open_rgb(path: Path) -> Image.Image:
+    """The image at `path` as 8-bit RGB, whatever its mode (mim/data/scan.py `to_rgb`)."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 
@@ -33,17 +37,19 @@ def open_rgb(path: Path) -> Image.Image:
 class ImageFolder(Dataset):
     """`<root>/<class>/<image>` with classes sorted by name -> label index."""
 
-    def __init__(self, root: Path, transform: Callable[[Image.Image], Any] | None = None, limit_per_class: int = 0) -> None:
+    def __init__(self, root: Path, transform: Callable[[Image.Image], Any] | None = None, limit_per_class: int = 0,
+                 exclude: Collection[Path] = ()) -> None:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"image folder not found: {root}")
         self.root = root
+        skip = set(exclude)
         self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
         if not self.classes:
             raise DataError(f"{root} has no class sub-folders (expected <class>/<image>.JPEG)")
         self.samples: list[tuple[Path, int]] = []
         for label, cls in enumerate(self.classes):
-            files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+            files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMG_EXTENSIONS and p not in skip)
             if limit_per_class:
                 files = files[:limit_per_class]
             self.samples += [(p, label) for p in files]
@@ -103,3 +109,28 @@ def make_loader(
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """An ImageNet-layout dataset: its root, and the files prepare-data left out (data.on_bad_file: skip)."""
+
+    root: Path
+    skipped: frozenset[str] = frozenset()  # paths relative to root
+
+    def images(self, split: str, transform: Callable[[Image.Image], Any] | None = None, limit_per_class: int = 0) -> ImageFolder:
+        return ImageFolder(self.root / split, transform, limit_per_class, exclude={self.root / s for s in self.skipped})
+
+
+def open_dataset(data: str | Path, workers: int | None = None) -> DataRoot:
+    """The ImageNet-layout dataset `--data` names: from data/manifest.json (checked by prepare-data, with
+    its skipped files), or a dataset folder, whose layout and every image are checked here first."""
+    data = Path(data)
+    if not data.is_dir():
+        root = locate(data, "imagenet")  # one-line errors for a missing or broken manifest
+        return DataRoot(root, frozenset(read_manifest(data).skipped.get("imagenet", ())))
+    validate_imagenet(data)  # train/ and val/ with the same, non-empty class folders
+    bad, _ = imagenet_problems(data, workers)
+    if bad:
+        raise report(bad, data, "images", "fix or remove them (or prepare the dataset with data.on_bad_file: skip)")
+    return DataRoot(data)

@@ -16,18 +16,23 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mim.config import Check, NonNegInt, PosInt, Range
 from mim.data import synth
-from mim.data.manifest import MANIFEST, Manifest, read_manifest, validate_ade20k, validate_coco, validate_imagenet
+from mim.data.manifest import (
+    MANIFEST,
+    Manifest,
+    read_manifest,
+    validate_ade20k,
+    validate_coco,
+    validate_imagenet,
+)
+from mim.data.scan import ade20k_problems, coco_problems, imagenet_problems, report
 from mim.errors import DataError
 from mim.files import remove_stale_temps, umask_mode
 
 Progress = Callable[[Iterable[int], int, str], Iterable[int]]
-
-
-
 
 SHAPES = len(synth.SHAPE_NAMES)  # the generator draws this many classes at most
 Root = Annotated[str, Check(lambda r: r.strip() != "", "is an empty path (use null to generate the embedded data)")]
@@ -66,6 +71,7 @@ class DatasetsConfig:
     """The `data` params section."""
 
     seed: NonNegInt = 0
+    on_bad_file: Literal["fail", "skip"] = "fail"  # an unreadable image or a bad annotation: stop, or leave it out and count it
     imagenet: ImageNetData = field(default_factory=ImageNetData)
     coco: SceneData = field(default_factory=SceneData)
     ade20k: SceneData = field(default_factory=SceneData)
@@ -91,10 +97,13 @@ def _silent(it: Iterable[int], total: int, desc: str) -> Iterable[int]:
     return it
 
 
-def build(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: str = "data") -> dict[str, Any]:
+def build(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: str = "data", cache: Path | None = None,
+          workers: int | None = None) -> dict[str, Any]:
     """Generate the embedded datasets under `out` (or check the real ones) and return the manifest.
 
-    `where` names the params section in error messages (e.g. "params/paper.yaml: data").
+    Every image, label map and COCO annotation is then checked (mim/data/scan.py; `cache` keeps the
+    scans of unchanged folders) and data.on_bad_file decides.  `where` names the params section in
+    error messages (e.g. "params/paper.yaml: data").
     """
     out = Path(out)
     ds: dict[str, Any] = {}
@@ -134,13 +143,55 @@ def build(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: s
         info = validate_ade20k(out / rel, classes=c.classes)
         info["class_names"] = list(synth.SHAPE_NAMES[: c.classes])
         ds["ade20k"] = {"root": rel, "embedded": True, "sha256": tree_sha256(out / rel), **info}
+    for name in ("imagenet", "coco", "ade20k"):
+        root = Path(ds[name]["root"]) if not ds[name]["embedded"] else out / ds[name]["root"]
+        ds[name].update(check_files(name, root, ds[name]["classes"], cfg, out, where, cache, workers))
     # the generating params: a regenerated dataset changes the manifest, so training stages restart
-    manifest = {"version": 1, "seed": cfg.seed, "params": dataclasses.asdict(cfg), **ds}
+    manifest = {"version": 2, "seed": cfg.seed, "params": dataclasses.asdict(cfg), **ds}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
-def write_data(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: str = "data") -> Manifest:
+def check_files(name: str, root: Path, classes: int, cfg: DatasetsConfig, out: Path, where: str, cache: Path | None,
+                workers: int | None) -> dict[str, Any]:
+    """Decode every image (and check ADE20K's label maps, COCO's annotations) of dataset `name`.
+
+    Returns the manifest's additions: `checked` counts and, with on_bad_file skip, the `skipped`
+    files and, for COCO and ADE20K, the annotation files / split lists without them (under `out`)."""
+    cache_file = None if cache is None else Path(cache) / f"scan-{name}.json"
+    extra: dict[str, Any] = {}
+    if name == "imagenet":
+        bad, checked = imagenet_problems(root, workers, cache_file)
+    elif name == "ade20k":
+        bad, pairs = ade20k_problems(root, classes, workers, cache_file)
+        checked = len(pairs)
+        if bad and cfg.on_bad_file == "skip":  # mmseg reads these lists (ann_file) instead of every image
+            lists = out / "ade20k_splits"
+            lists.mkdir(parents=True, exist_ok=True)
+            for split in ("training", "validation"):
+                good = [img.stem for img in pairs.values() if img.parent.name == split and img.relative_to(root).as_posix() not in bad]
+                (lists / f"{split}.txt").write_text("".join(f"{s}\n" for s in good))
+            extra["splits"] = "ade20k_splits"
+    else:
+        bad, anns, checked = coco_problems(root, workers, cache_file)
+        if bad and cfg.on_bad_file == "skip":  # annotation files without the bad images and entries, under out/
+            folder = out / "coco_annotations"
+            folder.mkdir(parents=True, exist_ok=True)
+            for split, ann in anns.items():
+                drop = {im["id"] for im in ann["images"] if f"{split}/{im.get('file_name')}" in bad}
+                kept = dict(ann, images=[im for im in ann["images"] if im["id"] not in drop],
+                            annotations=[a for a in ann["annotations"]
+                                         if a.get("image_id") not in drop and f"{split}: annotation {a.get('id')}" not in bad])
+                (folder / f"instances_{split}.json").write_text(json.dumps(kept))
+            extra["annotations"] = "coco_annotations"
+    if bad and cfg.on_bad_file == "fail":
+        raise report(bad, root, f"{name} files", f"fix or remove them, or set {where}.on_bad_file: skip to leave them out")
+    files = {k: r for k, r in bad.items() if ": annotation " not in k}
+    return {"checked": checked, "skipped": files, "skipped_annotations": len(bad) - len(files), **extra}
+
+
+def write_data(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: str = "data", cache: Path | None = None,
+               workers: int | None = None) -> Manifest:
     """`build` into a temporary sibling folder, then swap it in: a crash leaves no half-written `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +200,7 @@ def write_data(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, whe
     tmp.chmod(umask_mode(0o777))  # mkdtemp makes it private; the data folder is not
     old = out.parent / f".{out.name}.old"
     try:
-        build(cfg, tmp, progress, where)
+        build(cfg, tmp, progress, where, cache, workers)
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():
             os.replace(out, old)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from mim.config import NonNegInt, PosInt
-from mim.data.images import ImageFolder, make_loader
+from mim.data.images import DataRoot, make_loader
 from mim.data.transforms import eval_transform
 from mim.engine import require_finite
 from mim.teacher.frozen import Teacher, describe
@@ -101,10 +100,10 @@ def teacher_input_size(teacher: Teacher, cnn_size: int) -> int:
     return cnn_size
 
 
-def diversity(teacher: Teacher, imagenet: Path, cfg: DiversityConfig, device: torch.device, num_workers: int = 0) -> dict[str, float]:
-    """Token diversity of `teacher` over `<imagenet>/<cfg.split>`, with its size and input resolution."""
+def diversity(teacher: Teacher, data: DataRoot, cfg: DiversityConfig, device: torch.device, num_workers: int = 0) -> dict[str, float]:
+    """Token diversity of `teacher` over `<root>/<cfg.split>`, with its size and input resolution."""
     size = teacher_input_size(teacher, cfg.img_size)
-    images = ImageFolder(Path(imagenet) / cfg.split, eval_transform(size), cfg.limit_per_class)
+    images = data.images(cfg.split, eval_transform(size), cfg.limit_per_class)
     batches = make_loader(images, cfg.batch_size, epoch=0, seed=0, shuffle=False, drop_last=False, num_workers=num_workers)
     info = describe(teacher)
     return {**score_teacher(teacher, batches, device), "params_m": info["params_m"], "img_size": size, "stride": info["stride"]}

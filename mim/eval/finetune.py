@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mim.config import DropRate, Fraction, LayerDecay, NonNegFloat, NonNegInt, PosInt, Scale, to_dict
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, make_loader
+from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot, make_loader
 from mim.encoder_file import EncoderFile
 from mim.engine import OptimConfig, RunConfig, Task, fit, is_main, make_task, require_finite
 from mim.errors import MimError
@@ -114,13 +114,13 @@ def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, topk: tuple[in
     return {f"top{k}": 100.0 * correct[k] / max(total, 1) for k in topk}
 
 
-def finetune_task(encoder: EncoderFile, imagenet: Path, cfg: FinetuneConfig, run: RunConfig) -> Task:
-    """Classifier on `<imagenet>/train` (optionally N labels per class), evaluated on `<imagenet>/val`."""
+def finetune_task(encoder: EncoderFile, data: DataRoot, cfg: FinetuneConfig, run: RunConfig) -> Task:
+    """Classifier on `<root>/train` (optionally N labels per class), evaluated on `<root>/val`."""
     train_tf, val_tf = finetune_transforms(encoder.config.img_size, cfg)
-    train = ImageFolder(imagenet / "train", train_tf, limit_per_class=cfg.labels_per_class)
-    val = ImageFolder(imagenet / "val", val_tf)
+    train = data.images("train", train_tf, limit_per_class=cfg.labels_per_class)
+    val = data.images("val", val_tf)
     if val.classes != train.classes:
-        raise MimError(f"{imagenet}: train and val have different classes")
+        raise MimError(f"{data.root}: train and val have different classes")
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing, num_classes=len(train.classes))
@@ -158,11 +158,11 @@ def finetune_task(encoder: EncoderFile, imagenet: Path, cfg: FinetuneConfig, run
     return t
 
 
-def finetune(encoder: EncoderFile, imagenet: Path, cfg: FinetuneConfig, run: RunConfig, *,
+def finetune(encoder: EncoderFile, data: DataRoot, cfg: FinetuneConfig, run: RunConfig, *,
              checkpoint: Path, log_dir: Path, desc: str) -> dict[str, float]:
-    """Fine-tune `encoder` on ImageNet-layout `imagenet`; returns the metrics the stage writes."""
-    t = finetune_task(encoder, imagenet, cfg, run)
-    config = {"finetune": to_dict(cfg), "seed": run.seed, "data": str(imagenet),
+    """Fine-tune `encoder` on an ImageNet-layout dataset; returns the metrics the stage writes."""
+    t = finetune_task(encoder, data, cfg, run)
+    config = {"finetune": to_dict(cfg), "seed": run.seed, "data": str(data.root),
               "encoder_sha256": encoder.sha256}  # a new encoder restarts the run
     metrics = fit(t, run, checkpoint=checkpoint, log_dir=log_dir, config=config, desc=desc)
     if not is_main():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mim.config import Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt
-from mim.data.images import ImageFolder, make_loader
+from mim.data.images import DataRoot, make_loader
 from mim.data.transforms import eval_transform
 from mim.engine import require_finite
 from mim.errors import MimError
@@ -134,10 +133,10 @@ def linear_probe(
     return {"top1": topk_accuracy(scores, val_labels, 1), "top5": topk_accuracy(scores, val_labels, 5)}
 
 
-def probe(encoder: ViTEncoder, imagenet: Path, cfg: ProbeConfig, seed: int) -> dict[str, float]:
-    """Linear probe and k-NN of a frozen `encoder` (on its device): `<imagenet>/train` -> `<imagenet>/val`."""
+def probe(encoder: ViTEncoder, data: DataRoot, cfg: ProbeConfig, seed: int) -> dict[str, float]:
+    """Linear probe and k-NN of a frozen `encoder` (on its device): `<root>/train` -> `<root>/val`."""
     tf = eval_transform(encoder.cfg.img_size)
-    train, val = ImageFolder(imagenet / "train", tf), ImageFolder(imagenet / "val", tf)
+    train, val = data.images("train", tf), data.images("val", tf)
     x_train, y_train = extract_features(encoder, train, cfg.batch_size)
     x_val, y_val = extract_features(encoder, val, cfg.batch_size)
     n_cls = len(train.classes)

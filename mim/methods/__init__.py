@@ -27,11 +27,12 @@ import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mim.errors import MimError
 
 if TYPE_CHECKING:  # the registry itself stays import-light: `mimrepro --help` lists the methods
+    from mim.data.images import ImageFolder
     from mim.engine import RunConfig
     from mim.vit import ViTConfig
 
@@ -56,8 +57,8 @@ class Inputs:
     data: Path  # data/manifest.json (or an ImageNet-layout root), read only by methods that train on images
     input: Path | None = None  # the file named by the method's INPUT (a teacher, a tokenizer)
 
-    def train_images(self) -> Path:
-        """The ImageNet-layout train folder, `<root>/train`."""
-        from mim.data.manifest import locate
+    def images(self, transform: Any) -> ImageFolder:
+        """The training images (`<root>/train`, less any file prepare-data skipped), with `transform`."""
+        from mim.data.images import open_dataset
 
-        return locate(self.data, "imagenet") / "train"
+        return open_dataset(self.data).images("train", transform)

@@ -31,7 +31,7 @@ from torchvision.transforms import ColorJitter, InterpolationMode, RandomResized
 from torchvision.transforms import functional as TF
 
 from mim.config import DropRate, NonNegFloat, OpenFraction, PosFloat, PosInt, Range, Scale
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageFolder
+from mim.data.images import IMAGENET_MEAN, IMAGENET_STD
 from mim.engine import OptimConfig, Task, make_task
 from mim.errors import MimError
 from mim.masking import blockwise_mask
@@ -179,7 +179,7 @@ def task(cfg: Config, inputs: Inputs) -> Task:
     tokenizer = load_tokenizer(Path(inputs.input))
     enc_cfg = encoder_config(cfg, inputs.encoder)
     check_config(cfg, enc_cfg, tokenizer)
-    images = ImageFolder(inputs.train_images(), transform=BEiTTransform(cfg, enc_cfg, tokenizer.image_size))
+    images = inputs.images(BEiTTransform(cfg, enc_cfg, tokenizer.image_size))
 
     def step(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         (imgs, tok_imgs, mask), _ = batch

@@ -49,7 +49,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mim.config import NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt, Scale
-from mim.data.images import ImageFolder
 from mim.data.transforms import pretrain_transform
 from mim.decoder import MAEDecoder, decoder_problems
 from mim.engine import OptimConfig, RunConfig, Task, make_task
@@ -271,7 +270,7 @@ def task(cfg: Config, inputs: Inputs) -> Task:
         raise MimError(f"img2vec needs {INPUT} (--input)")
     teacher = load_teacher(Path(inputs.input))
     enc = inputs.encoder
-    images = ImageFolder(inputs.train_images(), pretrain_transform(enc.img_size, cfg.data.crop_scale))
+    images = inputs.images(pretrain_transform(enc.img_size, cfg.data.crop_scale))
     t = build_task(cfg, enc, images, teacher, inputs.run)
     t.info["teacher"] = str(inputs.input)
     return t

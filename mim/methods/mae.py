@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from mim.config import NonNegInt, OpenFraction, PosInt, Scale
-from mim.data.images import ImageFolder
 from mim.data.transforms import pretrain_transform
 from mim.decoder import MAEDecoder, decoder_problems
 from mim.engine import OptimConfig, Task, make_task
@@ -121,7 +120,7 @@ class MAEWithMaskTokensInEncoder(MAE):
 
 def task(cfg: Config, inputs: Inputs) -> Task:
     enc = inputs.encoder
-    images = ImageFolder(inputs.train_images(), pretrain_transform(enc.img_size, cfg.data.crop_scale))
+    images = inputs.images(pretrain_transform(enc.img_size, cfg.data.crop_scale))
 
     def step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         imgs, _ = batch  # labels unused

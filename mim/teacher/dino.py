@@ -19,7 +19,6 @@ randomness comes from torch's global generator, so a resumed epoch sees the same
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from mim.config import DropRate, Fraction, Momentum, NonNegInt, PosFloat, PosInt, Scale
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, make_loader
+from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot, ImageFolder, make_loader
 from mim.data.transforms import eval_transform
 from mim.engine import OptimConfig, RunConfig, Task, device, make_task, require_finite
 from mim.eval.knn import knn_classify, topk_accuracy
@@ -345,10 +344,9 @@ def collate_crops(batch: list[tuple[list[torch.Tensor], int]]) -> tuple[list[tor
 
 
 # --- the task ----------------------------------------------------------------------------------
-def task(cfg: Config, run: RunConfig, root: Path) -> Task:
+def task(cfg: Config, run: RunConfig, data: DataRoot) -> Task:
     """DINO on `<root>/train` (labels unused), evaluated by k-NN of the teacher backbone on `<root>/val`."""
-    root = Path(root)
-    train = ImageFolder(root / "train", MultiCropAugmentation(cfg.data), cfg.data.limit_per_class)
+    train = data.images("train", MultiCropAugmentation(cfg.data), cfg.data.limit_per_class)
 
     def build() -> DINO:
         dino = DINO(cfg.model, cfg.data)
@@ -369,7 +367,7 @@ def task(cfg: Config, run: RunConfig, root: Path) -> Task:
     t.after_step = lambda it: dino.update_teacher(float(momentum[it]))
 
     ev = eval_transform(cfg.data.global_size)
-    bank, val = ImageFolder(root / "train", ev, cfg.knn.train_per_class), ImageFolder(root / "val", ev)
+    bank, val = data.images("train", ev, cfg.knn.train_per_class), data.images("val", ev)
 
     @torch.no_grad()
     def features(dataset: ImageFolder) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mim.config import Momentum, NonNegFloat, NonNegInt, PosInt, Range, Scale
-from mim.data.images import ImageFolder, make_loader
+from mim.data.images import DataRoot, make_loader
 from mim.engine import OptimConfig, RunConfig, Task, local_batch, make_task, require_finite
 from mim.errors import MimError
 from mim.tokenizer.frozen import Tokenizer, vqvae_tokenizer
@@ -244,19 +243,19 @@ def evaluate_tokenizer(tok: Tokenizer, loader: Any) -> dict[str, float]:
     return out
 
 
-def val_loader(root: Path, image_size: int, batch_size: int, run: RunConfig) -> Any:
+def val_loader(data: DataRoot, image_size: int, batch_size: int, run: RunConfig) -> Any:
     _, val_tf = transforms(image_size, (1.0, 1.0))
-    return make_loader(ImageFolder(Path(root) / "val", val_tf), batch_size, epoch=0, seed=run.seed, shuffle=False,
+    return make_loader(data.images("val", val_tf), batch_size, epoch=0, seed=run.seed, shuffle=False,
                        drop_last=False, num_workers=run.num_workers)
 
 
-def task(cfg: Config, run: RunConfig, root: Path) -> Task:
+def task(cfg: Config, run: RunConfig, data: DataRoot) -> Task:
     """Train the VQ-VAE on `<root>/train`; code usage, perplexity and PSNR on `<root>/val` every epoch."""
     if cfg.optim is None:
         raise MimError("tokenizer.optim is required when tokenizer.mode is 'train'")
     cfg.model.check()
     train_tf, _ = transforms(cfg.model.image_size, cfg.data.crop_scale)
-    train = ImageFolder(Path(root) / "train", train_tf)
+    train = data.images("train", train_tf)
 
     def step(m: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         imgs, _ = batch
@@ -265,7 +264,7 @@ def task(cfg: Config, run: RunConfig, root: Path) -> Task:
     t = make_task(lambda: VQVAE(cfg.model), train, cfg.optim, run, step)
     model: VQVAE = t.model  # type: ignore[assignment]
     tok = vqvae_tokenizer(model, freeze=False)  # a view: evaluation reads the weights being trained
-    val = val_loader(root, cfg.model.image_size, local_batch(cfg.optim), run)
+    val = val_loader(data, cfg.model.image_size, local_batch(cfg.optim), run)
 
     def evaluate(epoch: int) -> dict[str, float]:
         model.eval()
