@@ -49,6 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from downstream.det_config import DetectConfig
 from downstream.vitdet_convert import load_into_vit, vit_kwargs
+from mim.checkpoint import load_error
 from mim.config import to_dict
 from mim.encoder_file import EncoderFile
 from mim.engine import RunConfig, setup
@@ -112,7 +113,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a pickle with code, a truncated or foreign file
-            raise MimError(f"cannot resume safely from {filename} ({str(e).splitlines()[0][:150]}); {again}") from None
+            raise MimError(f"cannot resume safely from {filename} ({load_error(e)}); {again}") from None
         return loaded if isinstance(loaded, dict) and "model" in loaded else {"model": loaded}
 
 

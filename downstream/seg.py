@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mim.checkpoint import load_error
 from mim.config import Betas, DropRate, LayerDecay, NonNegFloat, NonNegInt, PosFloat, PosInt, Ratios
 from mim.data.images import IMAGENET_MEAN, IMAGENET_STD
 from mim.data.manifest import locate, read_manifest, validate_ade20k
@@ -300,7 +301,7 @@ def segment(
     try:
         runner.train()  # resumes from work_dir; validates every val_interval and after the last iteration
     except pickle.UnpicklingError as e:
-        raise MimError(f"cannot resume safely from {work_dir} ({str(e).splitlines()[0]}); delete that folder to start over") from None
+        raise MimError(f"cannot resume safely from {work_dir} ({load_error(e)}); delete that folder to start over") from None
     metric = runner.val_evaluator.metrics[0]
     if not metric.summary:  # resumed after the last iteration: nothing was left to train, evaluate now
         runner.val()

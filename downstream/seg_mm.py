@@ -31,6 +31,7 @@ from mmseg.registry import METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: 
 from torch import nn  # noqa: E402
 
 from downstream.seg_backbone import MimViT  # noqa: E402
+from mim.checkpoint import load_error  # noqa: E402
 from mim.errors import MimError  # noqa: E402
 from mim.param_groups import layer_decay_groups  # noqa: E402
 
@@ -117,7 +118,7 @@ class ConsoleRunner(Runner):
         try:  # checked here with weights_only=True whatever torch's default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD say
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a pickle with code, a truncated or foreign file
-            raise MimError(f"cannot resume safely from {filename} ({str(e).splitlines()[0][:150]}); {again}") from None
+            raise MimError(f"cannot resume safely from {filename} ({load_error(e)}); {again}") from None
         super().resume(filename, *args, **kwargs)
 
     def build_logger(self, *args: Any, **kwargs: Any) -> Any:

@@ -20,14 +20,30 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, hint: str = "") -> dict[str, Any]:
+    """A checkpoint written by `save_checkpoint` (or any plain-tensor torch file); MimError otherwise,
+    with `hint` (what the user can do) appended."""
     path = Path(path)
     if not path.is_file():
         raise MimError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, wrong format, pickled objects
-        raise MimError(f"cannot load checkpoint {path}: {e}") from None
+        raise MimError(f"cannot load checkpoint {path}: {load_error(e)}{'; ' + hint if hint else ''}") from None
+    if not isinstance(state, dict):
+        raise MimError(f"cannot load checkpoint {path}: it holds a {type(state).__name__}, not a dict{'; ' + hint if hint else ''}")
+    return state
+
+
+def load_error(e: BaseException) -> str:
+    """torch.load's exception as one short clause (its own messages run to a dozen lines)."""
+    text = str(e)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds Python objects besides tensors and containers, refused (unpickling them could run code)"
+    if isinstance(e, EOFError) or "failed finding central directory" in text or "PytorchStreamReader" in text:
+        return "the file is truncated or not a torch checkpoint"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(e).__name__}: {first[:200]}"
 
 
 # torch dtype -> safetensors dtype tag (the format's spec: huggingface/safetensors README).

@@ -228,7 +228,8 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
     # stage when its code or data change; a finished checkpoint of the old run must not be reused then.
     config = {**config, "fingerprint": inputs_fingerprint()}
     start_epoch = 0
-    state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+    hint = "it is this run's resume checkpoint: move it away (or delete it) to start the run afresh"
+    state = load_checkpoint(checkpoint, hint) if checkpoint.is_file() else None
     if state is not None and state.get("config") == config and state["epoch"] + 1 <= optim.epochs:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

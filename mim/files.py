@@ -102,6 +102,26 @@ class RunLock:
         self.file.close()
 
 
+def check_writable(path: Path, what: str) -> None:
+    """MimError unless the file or folder `path` can be written (created, or replaced in place).
+
+    Probed by creating a temporary file in the folder that will receive it (or its nearest existing
+    ancestor: the stage creates the rest), so a read-only mount or a root-owned folder is caught
+    before the work starts, not after it."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise MimError(f"{what} {path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise MimError(f"{what} {path}: cannot write in {folder} ({e.strerror or e}); choose another path or fix its "
+                       "permissions") from None
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file, streamed: put in a run's config so new input weights never resume an old run."""
     h = hashlib.sha256()

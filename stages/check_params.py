@@ -82,7 +82,7 @@ def check_file(params: Path) -> list[str]:
 
 @click.command("check-params")
 @params_option
-@file_option("--out", "A stamp written when every section is valid (the same bytes whatever the values).")
+@file_option("--out", "A stamp written when every section is valid (the same bytes whatever the values).", output=True)
 def check_params(params_path: Path, out: Path) -> None:
     """Check every section of the params file (types, ranges, and the checks across sections)."""
     from mim.files import write_json

@@ -91,13 +91,24 @@ def data_option(what: str = "ImageNet-layout root with train/ and val/") -> Deco
                         help=f"data/manifest.json written by prepare-data, or a dataset folder ({what}).")
 
 
-def file_option(name: str, help: str, *, exists: bool = False) -> Decorator:
-    return click.option(name, type=click.Path(dir_okay=False, path_type=Path, exists=exists), required=True, help=help)
+def _writable(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """An output option's path is checked before the command does any work."""
+    from mim.files import check_writable
+
+    if value is not None:
+        check_writable(value, param.opts[0] if param.opts else "output")
+    return value
 
 
-def dir_option(name: str, help: str, dest: str | None = None) -> Decorator:
+def file_option(name: str, help: str, *, output: bool = False) -> Decorator:
+    return click.option(name, type=click.Path(dir_okay=False, path_type=Path), required=True, help=help,
+                        callback=_writable if output else None)
+
+
+def dir_option(name: str, help: str, dest: str | None = None, *, output: bool = False) -> Decorator:
     args = (name, dest) if dest else (name,)
-    return click.option(*args, type=click.Path(file_okay=False, path_type=Path), required=True, help=help)
+    return click.option(*args, type=click.Path(file_okay=False, path_type=Path), required=True, help=help,
+                        callback=_writable if output else None)
 
 
 def encoder_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,4 +117,4 @@ def encoder_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return dir_option("--run", "Folder of the run: its resume checkpoint (rewritten as it trains; resumed when the "
-                               "config, code and data are the same) and its logs.", dest="run_dir")(f)
+                               "config, code and data are the same) and its logs.", dest="run_dir", output=True)(f)

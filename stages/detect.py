@@ -11,7 +11,7 @@ from stages.common import data_option, encoder_option, file_option, load, params
 @click.command("detect")
 @encoder_option
 @data_option("COCO-layout root with train2017/, val2017/, annotations/")
-@file_option("--metrics", "Box and mask AP on val2017 (.json).")
+@file_option("--metrics", "Box and mask AP on val2017 (.json).", output=True)
 @run_option
 @click.option("--num-gpus", type=click.IntRange(min=0), default=None,
               help="Processes for detectron2's launcher, one per GPU (default: every visible GPU; none = CPU).")

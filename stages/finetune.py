@@ -11,7 +11,7 @@ from stages.common import data_option, encoder_option, file_option, load, params
 @click.command("finetune")
 @encoder_option
 @data_option()
-@file_option("--metrics", "Top-1/top-5 on val (.json).")
+@file_option("--metrics", "Top-1/top-5 on val (.json).", output=True)
 @run_option
 @params_option
 def finetune(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_path: Path) -> None:

@@ -13,7 +13,7 @@ from stages.common import dir_option, load, params_option
 
 @click.command("prepare-data")
 @params_option
-@dir_option("--out", "Folder to (re)write: generated datasets and manifest.json.")
+@dir_option("--out", "Folder to (re)write: generated datasets and manifest.json.", output=True)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the scans of the datasets' files are kept: an unchanged folder is not decoded again.")
 def prepare_data(params_path: Path, out: Path, cache: Path | None) -> None:

@@ -27,7 +27,7 @@ def RUNTIME_IMPORTS(args: dict[str, str]) -> list[str]:  # noqa: N802  (read by 
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The file the method learns from besides the images (img2vec: its teacher, beit: its tokenizer). "
                    "Methods that need none accept --data's manifest here, so every student's dvc.yaml entry has one shape.")
-@file_option("--out", "The student encoder (.safetensors, timm VisionTransformer keys).")
+@file_option("--out", "The student encoder (.safetensors, timm VisionTransformer keys).", output=True)
 @run_option
 @params_option
 def pretrain_student(method: str, name: str, data: Path, input_path: Path | None, out: Path, run_dir: Path, params_path: Path) -> None:

@@ -13,8 +13,8 @@ from stages.common import data_option, file_option, load, params_option, run_opt
 @params_option
 @data_option()
 @click.option("--name", default="dino_rn50", show_default=True, help="Teacher name (progress output, the file's metadata).")
-@file_option("--out", "The teacher backbone (.safetensors, timm key names).")
-@file_option("--metrics", "Summary metrics (.json): k-NN top-1, teacher entropy, KL, sizes.")
+@file_option("--out", "The teacher backbone (.safetensors, timm key names).", output=True)
+@file_option("--metrics", "Summary metrics (.json): k-NN top-1, teacher entropy, KL, sizes.", output=True)
 @run_option
 def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metrics: Path, run_dir: Path) -> None:
     """Pretrain the DINO teacher (params `dino`; ResNet-50 by default) and export its backbone
@@ -57,7 +57,7 @@ def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metric
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
               help="Network to take from a full DINO training checkpoint.")
-@file_option("--out", "Where to write the teacher backbone (e.g. models/teacher/backbone.safetensors).")
+@file_option("--out", "Where to write the teacher backbone (e.g. models/teacher/backbone.safetensors).", output=True)
 def import_teacher(checkpoint: Path, which: str, out: Path) -> None:
     """Use the official DINO ResNet-50 weights (local dino_resnet50_pretrain.pth or a full
     checkpoint) as the teacher instead of pretraining: writes timm resnet50 keys to --out."""

@@ -12,7 +12,7 @@ from stages.common import data_option, encoder_option, file_option, load, params
 @click.command("probe")
 @encoder_option
 @data_option()
-@file_option("--metrics", "Linear-probe and k-NN top-1/top-5 on val (.json).")
+@file_option("--metrics", "Linear-probe and k-NN top-1/top-5 on val (.json).", output=True)
 @params_option
 def probe(encoder: Path, data: Path, metrics: Path, params_path: Path) -> None:
     """Linear probe (MAE) and k-NN (DINO) on frozen features of --encoder; writes --metrics."""

@@ -12,7 +12,7 @@ from stages.common import data_option, encoder_option, file_option, load, params
 @encoder_option
 @data_option("an ADEChallengeData2016 folder")
 @file_option("--metrics", "mIoU, mAcc, aAcc on the validation images (.json); the per-class table and the mmseg "
-                          "config go beside it (<stem>_per_class.csv, <stem>_config.py).")
+                          "config go beside it (<stem>_per_class.csv, <stem>_config.py).", output=True)
 @run_option
 @params_option
 def segment(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_path: Path) -> None:

@@ -17,7 +17,7 @@ def RUNTIME_IMPORTS(args: dict[str, str]) -> list[str]:  # noqa: N802  (read by 
 
 @click.command("tables")
 @dir_option("--metrics", "Folder of <task>/<student>.json metrics files.", dest="metrics_dir")
-@dir_option("--out", "Where results.md, results.csv and the teacher table go.", dest="out_dir")
+@dir_option("--out", "Where results.md, results.csv and the teacher table go.", dest="out_dir", output=True)
 @params_option
 def tables(metrics_dir: Path, out_dir: Path, params_path: Path) -> None:
     """Results table (students x IN fine-tune/linear/k-NN, COCO AP, ADE20K mIoU) and the teacher table."""

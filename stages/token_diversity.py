@@ -15,7 +15,7 @@ from stages.common import data_option, file_option, load, params_option
               help="Teacher file: our DINO backbone, a mimrepro ViT encoder, or timm weights (.safetensors).")
 @click.option("--arch", default=None, help="timm model name, for weights files without mimrepro metadata.")
 @data_option()
-@file_option("--metrics", "Where the teacher's diversity goes (.json).")
+@file_option("--metrics", "Where the teacher's diversity goes (.json).", output=True)
 def token_diversity(params_path: Path, weights: Path, arch: str | None, data: Path, metrics: Path) -> None:
     """Score a teacher's token diversity (1 - mean pairwise cosine of an image's output tokens,
     Img2Vec) over the images of params `diversity`; writes --metrics."""

@@ -11,8 +11,8 @@ from stages.common import data_option, file_option, load, params_option, run_opt
 @click.command("tokenizer")
 @params_option
 @data_option()
-@file_option("--out", "The tokenizer (.safetensors) that BEiT students read.")
-@file_option("--metrics", "Codebook usage, perplexity (and for a VQ-VAE the PSNR) on val (.json).")
+@file_option("--out", "The tokenizer (.safetensors) that BEiT students read.", output=True)
+@file_option("--metrics", "Codebook usage, perplexity (and for a VQ-VAE the PSNR) on val (.json).", output=True)
 @run_option
 def tokenizer(params_path: Path, data: Path, out: Path, metrics: Path, run_dir: Path) -> None:
     """Train BEiT's visual tokenizer (VQ-VAE, tokenizer.mode train) or export the converted DALL-E

@@ -94,6 +94,9 @@ class LARS(torch.optim.Optimizer):
                 p.add_(mu, alpha=-g["lr"])
 
 
+DIVERGED = 4.0  # the last epoch's mean loss over the first's (or ln C) that counts as divergence
+
+
 def linear_probe(
     train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor, val_labels: torch.Tensor,
     num_classes: int, cfg: LinearProbeConfig, seed: int = 0,
@@ -115,8 +118,10 @@ def linear_probe(
         opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     head.train()
+    epoch_loss = []
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(train_feats), generator=g)
+        total = 0.0
         for i in range(steps):
             idx = order[i * batch : (i + 1) * batch]
             for group in opt.param_groups:
@@ -124,12 +129,18 @@ def linear_probe(
             loss = loss_fn(head(train_feats[idx]), train_labels[idx])
             if not math.isfinite(loss.item()):
                 raise MimError(f"the linear probe diverged (loss {loss.item()} at epoch {epoch + 1}); lower probe.linear.base_lr")
+            total += loss.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        epoch_loss.append(total / steps)
+    # the head starts near chance (loss ~ ln C); ending far above where it started is divergence, not learning
+    if epoch_loss[-1] > DIVERGED * max(epoch_loss[0], math.log(num_classes)):
+        raise MimError(f"the linear probe diverged (train loss rose from {epoch_loss[0]:.3g} in epoch 1 to {epoch_loss[-1]:.3g} "
+                       f"in epoch {cfg.epochs}); lower probe.linear.base_lr")
     head.eval()
     with torch.no_grad():
-        scores = head(val_feats)
+        scores = require_finite(head(val_feats), "the linear probe's logits")
     return {"top1": topk_accuracy(scores, val_labels, 1), "top5": topk_accuracy(scores, val_labels, 5)}
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from mim.checkpoint import load_error
 from mim.errors import MimError
 from mim.teacher.frozen import save_timm_backbone, timm_backbone
 
@@ -32,7 +33,7 @@ def read_official(path: Path) -> dict[str, object]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, other pickled objects
-        raise MimError(f"cannot read DINO checkpoint {path}: {e}") from None
+        raise MimError(f"cannot read DINO checkpoint {path}: {load_error(e)}") from None
     if not isinstance(obj, dict):
         raise MimError(f"{path}: expected a state_dict or a DINO checkpoint dict, got {type(obj).__name__}")
     return obj
