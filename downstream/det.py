@@ -113,7 +113,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a pickle with code, a truncated or foreign file
-            raise MimError(f"cannot resume safely from {filename} ({load_error(e)}); {again}") from None
+            raise MimError(f"cannot resume safely from {filename} ({load_error(e, path)}); {again}") from None
         return loaded if isinstance(loaded, dict) and "model" in loaded else {"model": loaded}
 
 

@@ -244,6 +244,7 @@ def build_config(
             checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=cfg.checkpoint_interval, max_keep_ckpts=1, save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
+        custom_hooks=[dict(type="FiniteHook")],  # downstream/seg_mm.py: a NaN loss stops before it is checkpointed
         env_cfg=dict(
             cudnn_benchmark=cuda,
             mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
@@ -305,6 +306,9 @@ def segment(
     metric = runner.val_evaluator.metrics[0]
     if not metric.summary:  # resumed after the last iteration: nothing was left to train, evaluate now
         runner.val()
+    bad = {k: v for k, v in metric.summary.items() if not math.isfinite(float(v))}
+    if bad:  # mIoU is a nan-mean over classes: NaN only when no validation pixel has a label
+        raise MimError(f"segment: the evaluation gave {bad}; do the validation label maps hold classes 1..K?")
     return dict(metric.summary), dict(metric.per_class or {})  # per-class: on rank 0 only
 
 

@@ -6,6 +6,8 @@
 * `PerClassIoUMetric`: mmseg's IoUMetric that also keeps the per-class IoU/accuracy it prints;
 * `ConsoleRunner`: mmengine's Runner whose console skips the config/environment/hook dumps
   (its log file in the work dir keeps them; the config is also saved beside the metrics);
+* `FiniteHook`: a NaN/Inf loss stops training before mmengine checkpoints it, and no checkpoint
+  with non-finite weights is written;
 * `safe_checkpoints()`: mmengine's checkpoints written and read with torch's safe loading on
   (`weights_only=True`): the few classes they hold are allow-listed, nothing else.
 """
@@ -23,15 +25,17 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
 from mmengine.logging import HistoryBuffer  # noqa: E402
 from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmseg.evaluation import IoUMetric  # noqa: E402
-from mmseg.registry import METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
+from mmseg.registry import HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
 from torch import nn  # noqa: E402
 
 from downstream.seg_backbone import MimViT  # noqa: E402
 from mim.checkpoint import load_error  # noqa: E402
+from mim.engine import non_finite  # noqa: E402
 from mim.errors import MimError  # noqa: E402
 from mim.param_groups import layer_decay_groups  # noqa: E402
 
@@ -48,6 +52,26 @@ class LayerDecayConstructor(DefaultOptimWrapperConstructor):
         num_layers = module.backbone.num_layers  # blocks in the backbone
         for g in layer_decay_groups(module, self.base_wd, decay, num_layers, prefix="backbone.vit."):
             params.append({"params": g["params"], "lr": self.base_lr * g["lr_scale"], "weight_decay": g["weight_decay"]})
+
+
+@HOOKS.register_module(force=True)
+class FiniteHook(Hook):
+    """mmengine trains on through a NaN loss and checkpoints the NaN weights; this stops it first
+    (it runs before CheckpointHook, priority VERY_LOW) and refuses a checkpoint that holds any."""
+
+    priority = "ABOVE_NORMAL"
+
+    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        loss = (outputs or {}).get("loss")
+        if loss is not None and not bool(torch.isfinite(torch.as_tensor(loss)).all()):
+            raise MimError(f"segment: loss is {float(loss)} at iteration {runner.iter + 1}; the last checkpoint in "
+                           f"{runner.work_dir} (if any) is kept. Lower segment.lr or check the data")
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict[str, Any]) -> None:
+        bad = non_finite(checkpoint.get("state_dict", {}))
+        if bad:
+            raise MimError(f"segment: {len(bad)} weights are NaN or Inf at iteration {runner.iter} (e.g. {bad[0]}); "
+                           "not checkpointed. Lower segment.lr")
 
 
 @METRICS.register_module(force=True)
@@ -118,7 +142,7 @@ class ConsoleRunner(Runner):
         try:  # checked here with weights_only=True whatever torch's default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD say
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a pickle with code, a truncated or foreign file
-            raise MimError(f"cannot resume safely from {filename} ({load_error(e)}); {again}") from None
+            raise MimError(f"cannot resume safely from {filename} ({load_error(e, path)}); {again}") from None
         super().resume(filename, *args, **kwargs)
 
     def build_logger(self, *args: Any, **kwargs: Any) -> Any:

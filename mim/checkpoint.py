@@ -29,15 +29,45 @@ def load_checkpoint(path: Path, hint: str = "") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, wrong format, pickled objects
-        raise MimError(f"cannot load checkpoint {path}: {load_error(e)}{'; ' + hint if hint else ''}") from None
+        raise MimError(f"cannot load checkpoint {path}: {load_error(e, path)}{'; ' + hint if hint else ''}") from None
     if not isinstance(state, dict):
         raise MimError(f"cannot load checkpoint {path}: it holds a {type(state).__name__}, not a dict{'; ' + hint if hint else ''}")
     return state
 
 
-def load_error(e: BaseException) -> str:
+def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load `state` into `model` exactly; else one MimError, `what` first, naming the missing,
+    unexpected and reshaped keys (torch's own message is a line per key)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} key{'s' if len(missing) > 1 else ''} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} of another shape (e.g. {k}: {list(state[k].shape)} in the file, {list(expected[k].shape)} "
+                     "expected)")
+    if parts:
+        raise MimError(f"{what}: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_error(e: BaseException, path: Path | None = None) -> str:
     """torch.load's exception as one short clause (its own messages run to a dozen lines)."""
+    import zipfile
+
     text = str(e)
+    if path is not None and Path(path).is_file():
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):  # torch.save's format, its end missing
+            return "the file is truncated (its zip directory is missing)"
+        if not head:
+            return "the file is empty"
     if "Weights only load failed" in text or "weights_only" in text:
         return "it holds Python objects besides tensors and containers, refused (unpickling them could run code)"
     if isinstance(e, EOFError) or "failed finding central directory" in text or "PytorchStreamReader" in text:
@@ -101,6 +131,10 @@ def read_safetensors(path: Path, what: str) -> SafetensorsFile:
         state = safetensors.torch.load(data)
     except Exception as e:  # truncated file, not a safetensors file, corrupt header
         raise MimError(f"cannot read {what} {path}: {e}") from None
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # mimrepro never writes such a file (mim/engine.py); a foreign or diverged one is refused here
+        raise MimError(f"{what} {path}: {len(bad)} of {len(state)} tensors hold NaN or Inf (e.g. {bad[0]}); "
+                       "the run that wrote it diverged")
     meta = header.get("__metadata__") or {}
     return SafetensorsFile(path, state, {str(k): str(v) for k, v in meta.items()}, hashlib.sha256(data).hexdigest())
 

@@ -141,6 +141,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(arg, value, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message (its range, its check) says more
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: {value!r} matches none of {_name(tp)}")
     if origin is typing.Literal:
         if value not in args:
@@ -212,8 +214,11 @@ def read_mapping(path: str | Path, what: str, fmt: str = "JSON", parse: Callable
         raise error(f"{what} not found: {path}")
     try:
         data = parse(path.read_text())
-    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: the parser's own message
-        raise error(f"{path}: not valid {fmt}: {e}") from None
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: the parser's own message, on one line
+        mark = getattr(e, "problem_mark", None)  # YAML: where it went wrong
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        text = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise error(f"{path}: not valid {fmt}{where}: {text}") from None
     if not isinstance(data, dict):
         raise error(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mim.checkpoint import SafetensorsFile, read_safetensors, save_safetensors
+from mim.checkpoint import SafetensorsFile, load_strict, read_safetensors, save_safetensors
 from mim.config import from_dict
 from mim.errors import MimError
 from mim.vit import ViTConfig, ViTEncoder
@@ -47,7 +47,9 @@ class EncoderFile:
     def parse(cls, f: SafetensorsFile) -> EncoderFile:
         """An encoder from a safetensors file already read (e.g. one that may hold a teacher)."""
         if "vit" not in f.metadata:
-            raise MimError(f"{f.path} has no 'vit' architecture metadata; was it written by mimrepro?")
+            kind = f" (its format is {f.metadata['format']!r})" if "format" in f.metadata else ""
+            raise MimError(f"{f.path} is not a student encoder{kind}: it has no 'vit' architecture metadata "
+                           "(encoders are written by pretrain-student)")
         try:
             arch = json.loads(f.metadata["vit"])
         except ValueError as e:
@@ -57,10 +59,7 @@ class EncoderFile:
     def build(self, **overrides: object) -> ViTEncoder:
         """A fresh encoder (optionally with e.g. drop_path=0.1) holding these weights, loaded strictly."""
         enc = ViTEncoder(dataclasses.replace(self.config, **overrides))  # type: ignore[arg-type]
-        try:
-            enc.load_state_dict(self.state, strict=True)
-        except RuntimeError as e:
-            raise MimError(f"{self.path} does not fit its own 'vit' metadata: {str(e).splitlines()[0]}") from None
+        load_strict(enc, self.state, f"{self.path} does not fit its own 'vit' metadata")
         return enc
 
 

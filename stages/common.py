@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import click
 import yaml
 
-from mim.errors import ConfigError
+from mim.errors import ConfigError, MimError
 
 T = TypeVar("T")
 PROFILE_FILE = Path("params/profile.yaml")
@@ -91,7 +91,7 @@ def data_option(what: str = "ImageNet-layout root with train/ and val/") -> Deco
                         help=f"data/manifest.json written by prepare-data, or a dataset folder ({what}).")
 
 
-def _writable(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+def _output(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """An output option's path is checked before the command does any work."""
     from mim.files import check_writable
 
@@ -100,15 +100,37 @@ def _writable(ctx: click.Context, param: click.Parameter, value: Path | None) ->
     return value
 
 
+def _output_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and value.is_dir():
+        raise MimError(f"{param.opts[0]} {value}: is a folder; give the file to write")
+    return _output(ctx, param, value)
+
+
+def _input_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and value.is_dir():
+        raise MimError(f"{param.opts[0]} {value}: is a folder; give the file to read")
+    return value
+
+
 def file_option(name: str, help: str, *, output: bool = False) -> Decorator:
-    return click.option(name, type=click.Path(dir_okay=False, path_type=Path), required=True, help=help,
-                        callback=_writable if output else None)
+    return click.option(name, type=click.Path(path_type=Path), required=True, help=help,
+                        callback=_output_file if output else _input_file)
+
+
+def _folder(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and value.exists() and not value.is_dir():
+        raise MimError(f"{param.opts[0]} {value}: is a file; give a folder")
+    return value
+
+
+def _output_folder(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    return _output(ctx, param, _folder(ctx, param, value))
 
 
 def dir_option(name: str, help: str, dest: str | None = None, *, output: bool = False) -> Decorator:
     args = (name, dest) if dest else (name,)
-    return click.option(*args, type=click.Path(file_okay=False, path_type=Path), required=True, help=help,
-                        callback=_writable if output else None)
+    return click.option(*args, type=click.Path(path_type=Path), required=True, help=help,
+                        callback=_output_folder if output else _folder)
 
 
 def encoder_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -199,7 +199,7 @@ def test_import_mismatch_is_clear(tmp_path):
     del state["layer4.2.bn3.weight"]
     state["layer5.0.conv1.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(MimError, match=r"1 missing .*layer4.2.bn3.weight.*1 unexpected"):
+    with pytest.raises(MimError, match=r"1 key missing .*layer4.2.bn3.weight.*1 unexpected"):
         import_teacher(tmp_path / "bad.pth", tmp_path / "o.safetensors")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(MimError, match="cannot read DINO checkpoint"):

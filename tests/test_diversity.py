@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from imagefolders import make_imagenet
 from mim.encoder_file import save_encoder
+from mim.errors import MimError
 from mim.eval.diversity import DiversityMeter, token_diversity
 from mim.report.teachers import write_teacher_table
 from mim.teacher.frozen import save_timm_backbone, timm_backbone
@@ -54,7 +55,7 @@ def test_meter_streams_mean_and_std():
     r = meter.result()
     assert r["num_images"] == 10 and r["tokens_per_image"] == 6
     assert np.isclose(r["diversity"], per_image.mean().item()) and np.isclose(r["std"], per_image.std(unbiased=False).item())
-    with pytest.raises(ValueError, match="at least 2 tokens"):
+    with pytest.raises(MimError, match="at least 2 tokens"):
         token_diversity(torch.randn(2, 1, 4))
 
 

@@ -21,6 +21,7 @@ from mim.config import NonNegInt, PosInt
 from mim.data.images import DataRoot, make_loader
 from mim.data.transforms import eval_transform
 from mim.engine import require_finite
+from mim.errors import MimError
 from mim.teacher.frozen import Teacher, describe
 from mim.vit import ViTEncoder
 
@@ -39,7 +40,8 @@ def token_similarity(tokens: torch.Tensor) -> torch.Tensor:
     """(N, K, C) -> (N,) mean pairwise cosine similarity over token pairs i != k."""
     n, k, _ = tokens.shape
     if k < 2:
-        raise ValueError(f"token diversity needs at least 2 tokens per image, got {k}")
+        raise MimError(f"token diversity needs at least 2 tokens per image, got {k}: raise diversity.img_size "
+                       "(a CNN teacher of stride 32 needs 64 or more)")
     t = F.normalize(tokens.double(), dim=-1)  # (N, K, C)
     gram = t @ t.transpose(1, 2)  # (N, K, K) cosines
     off_diag = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)  # (N,)

@@ -8,9 +8,10 @@ random-init `scratch` baseline, so the table compares pretraining only.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from timm.data import Mixup, create_transform
@@ -26,6 +27,40 @@ from mim.errors import MimError
 from mim.param_groups import layer_decay_groups
 from mim.vit import ViTEncoder
 
+RAND_KEYS = re.compile(r"^(t.+|(mstd|mmax|inc|m|n|p)\d.*)$")  # the sections timm's rand_augment_transform reads
+
+
+def auto_augment_problem(spec: str) -> str | None:
+    """Why timm cannot build `spec`, or would silently ignore part of it (its parser skips unknown
+    RandAugment sections without a number, e.g. "rand-zz" is plain "rand")."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    if spec == "":
+        return "is empty (use null for no auto-augmentation)"
+    parts = spec.split("-")
+    if spec.startswith("rand"):
+        unknown = [p for p in parts[1:] if not RAND_KEYS.match(p)] + ([parts[0]] if parts[0] != "rand" else [])
+        if unknown:
+            return f"{spec!r}: timm ignores or rejects {', '.join(unknown)} (RandAugment: rand-m<int>-n<int>-mstd<float>-inc<0|1>...)"
+    build = rand_augment_transform if spec.startswith("rand") else augment_and_mix_transform if spec.startswith("augmix") \
+        else auto_augment_transform
+    try:
+        build(spec, {"translate_const": 100, "img_mean": (124, 116, 104)})
+    except Exception as e:  # timm asserts, KeyErrors and ValueErrors for a bad spec
+        return f"{spec!r} is not a timm auto-augment spec ({type(e).__name__}: {e})"
+    return None
+
+
+@dataclass(frozen=True)
+class TimmAugment:
+    """The config rule for auto_augment (mim/config.py calls `problem` on Annotated rules)."""
+
+    def problem(self, spec: str) -> str | None:
+        return auto_augment_problem(spec)
+
+
+AutoAugment = Annotated[str, TimmAugment()]
+
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
@@ -37,7 +72,7 @@ class FinetuneConfig:
     mixup: NonNegFloat = 0.8
     cutmix: NonNegFloat = 1.0
     label_smoothing: DropRate = 0.1
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment(9, 0.5)
+    auto_augment: AutoAugment | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment(9, 0.5)
     reprob: Fraction = 0.25  # random erasing probability (MAE repo default)
     crop_scale: Scale = (0.08, 1.0)  # RandomResizedCrop area range (timm/MAE default)
     global_pool: bool = True  # mean of patch tokens + fc_norm (MAE); False = cls token after norm

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mim.checkpoint import read_safetensors, save_safetensors
+from mim.checkpoint import load_strict, read_safetensors, save_safetensors
 from mim.encoder_file import EncoderFile
 from mim.errors import MimError
 from mim.vit import ViTEncoder
@@ -71,9 +71,7 @@ def timm_backbone(arch: str, state: dict[str, torch.Tensor] | None = None, **kwa
         raise MimError(f"unknown timm model {arch!r}: {e}") from None
     if state is not None:
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier."))}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise MimError(f"weights do not fit timm {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        load_strict(model, state, f"weights do not fit timm {arch}")
     return model
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mim.checkpoint import load_error
+from mim.checkpoint import load_error, load_strict
 from mim.errors import MimError
 from mim.teacher.frozen import save_timm_backbone, timm_backbone
 
@@ -33,7 +33,7 @@ def read_official(path: Path) -> dict[str, object]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, other pickled objects
-        raise MimError(f"cannot read DINO checkpoint {path}: {load_error(e)}") from None
+        raise MimError(f"cannot read DINO checkpoint {path}: {load_error(e, path)}") from None
     if not isinstance(obj, dict):
         raise MimError(f"{path}: expected a state_dict or a DINO checkpoint dict, got {type(obj).__name__}")
     return obj
@@ -62,16 +62,7 @@ def load_official_resnet50(path: Path, which: str = "teacher") -> torch.nn.Modul
     """timm resnet50 backbone holding the official weights; strict, with a clear mismatch error."""
     state = convert_state_dict(read_official(path), which)
     model = timm_backbone("resnet50")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise MimError(
-            f"{path} does not match timm resnet50: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} with another shape (e.g. {wrong[:3]})"
-        )
-    model.load_state_dict(state, strict=True)
+    load_strict(model, state, f"{path} does not match timm resnet50")
     return model
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mim.checkpoint import read_safetensors, save_safetensors
+from mim.checkpoint import load_strict, read_safetensors, save_safetensors
 from mim.config import from_dict
 from mim.errors import MimError
 
@@ -83,7 +83,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
         from mim.tokenizer.vqvae import VQVAE, ModelConfig  # noqa: PLC0415  (vqvae.py builds on this module)
 
         model = VQVAE(from_dict(ModelConfig, cfg, where=f"{path}: config"))
-        model.load_state_dict(f.state, strict=True)
+        load_strict(model, f.state, f"{path} does not fit its own tokenizer config")
         return vqvae_tokenizer(model)
     if meta["kind"] == "dalle":
         from mim.tokenizer.official_dalle import dalle_net, dalle_tokenizer  # noqa: PLC0415

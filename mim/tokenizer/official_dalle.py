@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mim.checkpoint import read_safetensors, save_safetensors
+from mim.checkpoint import load_error, load_strict, read_safetensors, save_safetensors
 from mim.errors import MimError
 from mim.tokenizer.frozen import Tokenizer
 
@@ -56,17 +56,19 @@ def convert_dalle(pkl: Path, out: Path, allow_pickle: bool = False) -> dict[str,
     try:
         obj = torch.load(pkl, map_location="cpu", weights_only=True)
     except Exception as e:
+        reason = load_error(e, pkl)
+        if "Python objects" not in reason:  # truncated, or not a torch/pickle file at all: no flag helps
+            raise MimError(f"cannot read DALL-E encoder {pkl}: {reason}") from None
         if not allow_pickle:
-            raise MimError(f"{pkl} is not a plain state_dict ({str(e).splitlines()[0][:120]}); if it is the official DALL-E "
+            raise MimError(f"{pkl} is not a plain state_dict ({reason}); if it is the official DALL-E "
                            f"encoder.pkl, convert it once with `mimrepro convert-dalle {pkl} {out} --allow-pickle` "
                            "(unpickling runs code stored in the file: only for a file you trust)") from None
         obj = _unpickle(pkl)
     state = obj.state_dict() if isinstance(obj, nn.Module) else obj
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MimError(f"{pkl} holds a {type(obj).__name__}, not the DALL-E encoder module or its state_dict")
     state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-    arch = _dalle_arch(state)
-    dalle_encoder(**arch).load_state_dict(state, strict=True)  # the layout must be the official one
+    _, arch = dalle_net(state, pkl)  # the layout must be the official one
     meta = {"format": DALLE_FORMAT, **{k: str(v) for k, v in arch.items()}}
     save_safetensors(Path(out), state, meta)
     return arch
@@ -90,10 +92,7 @@ def dalle_net(state: dict[str, torch.Tensor], path: Path) -> tuple[nn.Module, di
     """The DALL-E encoder holding `state` (a state_dict read from `path`), loaded strictly."""
     arch = _dalle_arch(state)
     enc = dalle_encoder(**arch)
-    try:
-        enc.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise MimError(f"{path} does not fit the DALL-E encoder: {e}") from None
+    load_strict(enc, state, f"{path} does not fit the DALL-E encoder")
     return enc, arch
 
 
