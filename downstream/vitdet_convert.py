@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mim.checkpoint import key_mismatch
 from mim.errors import MimError
 from mim.vit import ViTConfig
 
@@ -130,9 +131,8 @@ def load_into_vit(vit: nn.Module, state: dict[str, torch.Tensor]) -> ConversionR
     """
     converted, report = convert(state)
     own = vit.state_dict()
-    unexpected = sorted(set(converted) - set(own))
-    missing = sorted(k for k in set(own) - set(converted) if not k.endswith(NEW_OK))
-    wrong = sorted(k for k in set(converted) & set(own) if converted[k].shape != own[k].shape)
+    missing, unexpected, wrong = key_mismatch(own, converted)
+    missing = [k for k in missing if not k.endswith(NEW_OK)]
     problems = []
     if unexpected:
         problems.append(f"unexpected (encoder weights with no place in detectron2's ViT): {', '.join(unexpected)}")

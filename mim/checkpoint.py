@@ -35,13 +35,19 @@ def load_checkpoint(path: Path, hint: str = "") -> dict[str, Any]:
     return state
 
 
+def key_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, reshaped) keys of `state` against a model's `expected` state_dict."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    return missing, unexpected, wrong
+
+
 def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """Load `state` into `model` exactly; else one MimError, `what` first, naming the missing,
     unexpected and reshaped keys (torch's own message is a line per key)."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    missing, unexpected, wrong = key_mismatch(expected, state)
     parts = []
     if missing:
         parts.append(f"{len(missing)} key{'s' if len(missing) > 1 else ''} missing (e.g. {', '.join(missing[:3])})")

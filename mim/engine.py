@@ -37,7 +37,7 @@ from mim.checkpoint import load_checkpoint, save_checkpoint
 from mim.config import Betas, Check, Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt
 from mim.data.images import epoch_seed, make_loader
 from mim.errors import MimError
-from mim.files import RunLock
+from mim.files import RunLock, atomic_write, write_json
 from mim.param_groups import weight_decay_groups
 from mim.schedules import cosine_schedule
 
@@ -240,7 +240,11 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
     elif state is not None:
         _say(f"{desc}: {checkpoint} holds another config; starting afresh")
 
+    if start_epoch > 0 and is_main():
+        rollback_logs(log_dir, start_epoch - 1, state.get("metrics", {}) if state else {})
     live = _live(log_dir, resume=start_epoch > 0)
+    if live is not None:
+        live.step = start_epoch  # dvclive resumes a summary of step 0 at step 0 again (its "nothing logged yet")
     metrics: dict[str, float] = dict(state.get("metrics", {})) if start_epoch > 0 and state else {}
     use_amp = run.amp and dev.type == "cuda"
     guard = DivergenceGuard(run.divergence)
@@ -390,6 +394,37 @@ def _to(batch: Any, dev: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: _to(v, dev) for k, v in batch.items()}
     return batch
+
+
+def rollback_logs(log_dir: Path, step: int, metrics: dict[str, float]) -> None:
+    """Make dvclive's files in `log_dir` what they were when the checkpoint of `step` was written.
+
+    dvclive writes its rows and its summary (metrics.json) before the checkpoint is saved, and not
+    atomically: a kill in between leaves rows of an epoch that is trained again (dvclive would log
+    it one step later), and a kill during its write leaves a half-written summary that dvclive
+    cannot resume from.  Rows after `step` and malformed rows go; the summary is rewritten from
+    the checkpoint's metrics."""
+    log_dir = Path(log_dir)
+    summary: dict[str, Any] = {}
+    for key, value in metrics.items():
+        *parents, leaf = key.split("/")
+        node = summary
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    write_json(log_dir / "metrics.json", {**summary, "step": step})
+    for tsv in sorted((log_dir / "plots" / "metrics").rglob("*.tsv")):
+        lines = tsv.read_text().splitlines()
+        if not lines:
+            continue
+        header, col = lines[0], lines[0].split("\t").index("step") if "step" in lines[0].split("\t") else 0
+        keep = [header]
+        for line in lines[1:]:
+            cells = line.split("\t")
+            if len(cells) == len(header.split("\t")) and cells[col].isdigit() and int(cells[col]) <= step:
+                keep.append(line)
+        text = "\n".join(keep) + "\n"
+        atomic_write(tsv, lambda tmp, text=text: tmp.write_text(text))
 
 
 def _live(log_dir: Path, resume: bool) -> Any:

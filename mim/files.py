@@ -56,6 +56,9 @@ def atomic_write(path: Path, write: Any) -> None:
         write(Path(tmp))
         os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota, a vanished mount: one line, and the old file stays
+        Path(tmp).unlink(missing_ok=True)
+        raise MimError(f"cannot write {path}: {e.strerror or e}; {path} is unchanged") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

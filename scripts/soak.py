@@ -99,16 +99,21 @@ save_tokenizer(Path("inputs/tokenizer.safetensors"), vqvae_tokenizer(VQVAE(Model
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
-    """The stage's output files; metrics without their timings."""
+    """The stage's output files (metrics without their timings) and its run folder's logs (dvclive's
+    per-epoch rows and summary); not the checkpoint, which a resumed run rewrites."""
     out = {}
-    for p in sorted(folder.glob("*")):
-        if not p.is_file() or p.name.startswith("."):  # .run.lock
-            continue
+    files = [p for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")]  # not .run.lock
+    logs = [p for p in (folder / "run").rglob("*") if p.is_file() and (p.suffix == ".tsv" or p.name == "metrics.json")]
+    for p in sorted(files) + sorted(logs):
         data = p.read_bytes()
         if p.suffix == ".json":
-            data = json.dumps({k: v for k, v in json.loads(data).items() if k not in TIMING_KEYS}, sort_keys=True).encode()
-        out[p.name] = data
+            data = json.dumps(_untimed(json.loads(data)), sort_keys=True).encode()
+        out[str(p.relative_to(folder))] = data
     return out
+
+
+def _untimed(d: object) -> object:
+    return {k: _untimed(v) for k, v in d.items() if k not in TIMING_KEYS} if isinstance(d, dict) else d
 
 
 def run(ws: Path, stage: str, folder: str) -> subprocess.CompletedProcess[str]:
@@ -149,7 +154,7 @@ def kill_point(ws: Path, stage: str, folder: str, rng: random.Random, sig: signa
     _, err = proc.communicate()
     where = f"{sig.name} {delay:.2f} s after checkpoint write {target}" + (" (it had finished)" if finished else "")
     out = ws / folder / STAGES[stage].out
-    if out.is_file() and outputs(ws / folder).get(out.name) != clean.get(out.name):  # killed after writing it is fine
+    if out.is_file() and outputs(ws / folder).get(out.name) != clean.get(out.name):  # killed after writing it: fine
         return f"{where}: the killed run left a partial {out.name}"
     res = run(ws, stage, folder)
     said = res.stdout + res.stderr

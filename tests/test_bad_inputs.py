@@ -158,12 +158,13 @@ def copy_of(gen: Path, name: str, tmp: Path) -> Path:
     return dst
 
 
-def prepare(tmp: Path, gen: Path, on_bad_file: str = "fail", **roots: Path) -> Result:
+def prepare(tmp: Path, gen: Path, on_bad_file: str = "fail", cache: Path | None = None, **roots: Path) -> Result:
     """prepare-data with real roots: the given ones, else the clean generated datasets."""
     default = {"imagenet": gen / "imagenet", "coco": gen / "coco", "ade20k": gen / "ade20k/ADEChallengeData2016"}
     changes: dict[str, object] = {f"data.{k}.root": str(roots.get(k, v)) for k, v in default.items()}
     changes["data.on_bad_file"] = on_bad_file
-    return invoke("prepare-data", "--params", params(tmp, changes, "data.yaml"), "--out", tmp / "data")
+    return invoke("prepare-data", "--params", params(tmp, changes, "data.yaml"), "--out", tmp / "data",
+                  *(["--cache", cache] if cache else []))
 
 
 def first_image(root: Path, split: str = "train") -> Path:
@@ -349,6 +350,16 @@ def test_images_of_any_mode_become_the_right_rgb(work, gen, mode):
     assert rgb.shape == (8, 8, 3) and abs(int(rgb.mean()) - expect) <= 2, (mode, rgb.mean())  # not saturated white
     res = prepare(work, gen, imagenet=root)
     assert res.exit_code == 0, res.output
+
+
+def test_a_broken_link_is_an_unusable_file(work, gen):
+    root = copy_of(gen, "imagenet", work)
+    bad = first_image(root)
+    bad.unlink()
+    bad.symlink_to(work / "gone.JPEG")
+    for _ in range(2):  # the scan and its cache (keyed by each file's size and mtime) take a link to nowhere
+        one_line(prepare(work, gen, cache=work / "cache", imagenet=root),
+                 rf"1 unusable imagenet files under .*: {bad.relative_to(root).as_posix()} \(")
 
 
 def test_skipped_images_are_counted_in_the_manifest_and_the_stage_metrics(work, gen, encoder):
@@ -703,6 +714,23 @@ def test_output_paths_are_checked_before_work(work, gen, encoder):
     one_line(invoke("pretrain-student", "--method", "mae", "--name", "m", "--data", gen / "manifest.json",
                     "--out", locked / "e.safetensors", "--run", "run", "--params", params(work)), r"--out .*: cannot write in")
     assert not (work / "run").exists() and not (work / "m.json").exists()
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_output(work, gen, encoder, monkeypatch):
+    import errno
+
+    (work / "m.json").write_text('{"old": 1}')
+    real = os.replace
+
+    def full(src, dst):
+        if str(dst).endswith("m.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    one_line(invoke("probe", "--encoder", encoder, "--data", gen / "manifest.json", "--metrics", "m.json", "--params", params(work)),
+             r"cannot write m\.json: No space left on device; m\.json is unchanged")
+    assert json.loads((work / "m.json").read_text()) == {"old": 1} and not list(work.glob(".m.json.*"))
 
 
 # ===================================================================================================

@@ -61,6 +61,22 @@ def test_resume_after_crash_gives_identical_weights(tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["config"]["a"] == 1
 
 
+def logs(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*.tsv"))}
+
+
+def test_a_kill_between_the_logs_and_the_checkpoint_leaves_the_logs_of_an_uninterrupted_run(tmp_path):
+    run(toy_task(), tmp_path / "full")
+    with pytest.raises(Boom):
+        run(toy_task(crash_after_epoch=1), tmp_path / "killed")
+    # as a kill after dvclive wrote epoch 2's row and while it rewrote its summary leaves them
+    for tsv in (tmp_path / "killed" / "logs").rglob("*.tsv"):
+        tsv.write_text(tsv.read_text() + "1\t0.123\n2\t0.4")
+    (tmp_path / "killed" / "logs" / "metrics.json").write_text("")
+    run(toy_task(), tmp_path / "killed")  # dvclive alone fails here (JSONDecodeError) or logs epoch 2 as step 2
+    assert logs(tmp_path / "killed" / "logs") == logs(tmp_path / "full" / "logs") != {}
+
+
 def test_other_config_starts_afresh(tmp_path):
     run(toy_task(), tmp_path)
     t = toy_task(optim=OptimConfig(epochs=1, batch_size=4, base_lr=0.0))

@@ -89,8 +89,12 @@ def listing_sha256(files: Iterable[Path], root: Path) -> str:
     """sha256 of (path relative to root, size, mtime) of every file: what the scan cache is keyed by."""
     h = hashlib.sha256()
     for p in sorted(files):
-        st = p.stat()
-        h.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        try:
+            st = p.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:  # a broken link: the scan reports it
+            size, mtime = -1, -1
+        h.update(f"{p.relative_to(root).as_posix()}\t{size}\t{mtime}\n".encode())
     return h.hexdigest()
 
 
