@@ -3,7 +3,8 @@
 `segment(...)` builds one explicit mmseg config (no `_base_` inheritance; the resolved config is
 saved beside the metrics), trains it with mmengine's Runner (iteration-based, auto-resume from
 the work dir), evaluates single-scale mIoU with mmseg's IoUMetric, and returns the metrics.
-The model is BEiT/MAE's segmentation recipe: ViT blocks 4/6/8/12 -> Feature2Pyramid (deconv /
+The model is BEiT/MAE's segmentation recipe (mmseg's MAE backbone: per-block relative position
+bias and LayerScale, downstream/seg_backbone.py): ViT blocks 4/6/8/12 -> Feature2Pyramid (deconv /
 identity / max-pool to strides 4/8/16/32) -> UPerHead, FCNHead on the third level (weight 0.4),
 AdamW with layer-wise lr decay, linear warm-up then poly decay.
 
@@ -47,6 +48,8 @@ class SegmentConfig:
     warmup_iters: NonNegInt = 1500
     poly_power: PosFloat = 1.0
     drop_path: DropRate = 0.1
+    rel_pos_bias: bool = True  # a relative position bias table per block, zero-initialised (mmseg MAE backbone)
+    layer_scale: PosFloat | None = 1.0  # LayerScale init for an encoder without one (mmseg MAE init_values); None = off
     head_channels: PosInt = 768  # UPerHead width
     aux_channels: PosInt = 256  # FCN auxiliary head width
     aux_weight: NonNegFloat = 0.4
@@ -64,6 +67,8 @@ class SegmentConfig:
             out.append(("out_blocks", f"{list(self.out_blocks)} must be non-decreasing"))
         if self.warmup_iters >= self.iters:
             out.append(("warmup_iters", f"{self.warmup_iters} must be below iters {self.iters}"))
+        if self.rel_pos_bias and self.test_mode == "whole":
+            out.append(("rel_pos_bias", "needs test_mode: slide (the bias table covers crop_size windows, as in mmseg MAE)"))
         if self.slide_stride > self.crop_size:
             out.append(("slide_stride", f"{self.slide_stride} exceeds crop_size {self.crop_size}: windows would leave gaps"))
         return out
@@ -146,7 +151,7 @@ def build_config(
             size=crop,
         ),
         backbone=dict(type="MimViT", encoder=str(encoder), out_blocks=list(cfg.out_blocks), img_size=cfg.crop_size,
-                      drop_path=cfg.drop_path),
+                      drop_path=cfg.drop_path, rel_pos_bias=cfg.rel_pos_bias, layer_scale=cfg.layer_scale),
         neck=dict(type="Feature2Pyramid", embed_dim=dim, rescales=pyramid_rescales(vit.patch_size), norm_cfg=norm),
         decode_head=dict(
             type="UPerHead",

@@ -45,7 +45,16 @@ MODELS.register_module(name="MimViT", module=MimViT, force=True)
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
 class LayerDecayConstructor(DefaultOptimWrapperConstructor):
     """Per-parameter groups: lr x decay**(num_layers + 1 - layer_id); no weight decay on 1-D params,
-    cls_token and pos_embed (MAE's `param_groups_lrd`). paramwise_cfg: {layer_decay: float}."""
+    cls_token and pos_embed (MAE's `param_groups_lrd`). paramwise_cfg: {layer_decay: float}.
+
+    The same layers and lr scales as mmseg's LearningRateDecayOptimizerConstructor, which the mmseg
+    MAE config uses (mmseg/engine/optimizers/layer_decay_optimizer_constructor.py): a block's
+    relative position bias table (`blocks.N.attn.relative_position_bias_table`, 2-D) and its
+    LayerScale gammas (`blocks.N.ls1.gamma`, 1-D) are layer N + 1; the table is decayed and the
+    gammas are not, as there (no decay only for `len(shape) == 1` or `.bias`).  One difference is
+    kept: mmseg's skip list `('pos_embed', 'cls_token')` never matches its prefixed names
+    (`backbone.pos_embed`), so mmseg decays those two; here they are not decayed (MAE, BEiT).
+    """
 
     def add_params(self, params: list[dict[str, Any]], module: nn.Module, **_: Any) -> None:
         decay = float(self.paramwise_cfg["layer_decay"])

@@ -1,9 +1,20 @@
-"""Student encoders on disk: safetensors with timm `VisionTransformer` key names.
+"""Student encoders on disk: safetensors with timm's key names.
 
 The file's metadata holds the architecture ("vit" -> JSON of ViTConfig fields), so any stage
 (fine-tune, probe, detection, segmentation, token diversity) rebuilds the encoder from the file
-alone.  Keys: cls_token, pos_embed, patch_embed.proj.*, blocks.N.*, norm.* — exactly timm's, so
-`timm.create_model("vit_base_patch16_224", num_classes=0)` loads them strictly.
+alone.  Two layouts (mim/vit.py):
+
+* absolute position (MAE, Img2Vec): cls_token, pos_embed, patch_embed.proj.*, blocks.N.*, norm.*,
+  timm `VisionTransformer`'s keys: `timm.create_model("vit_base_patch16_224", num_classes=0)`
+  loads them strictly;
+* relative position bias (BEiT): always written per layer (`"rel_pos_bias": "per_layer"`), a
+  table shared in pretraining copied into every block as unilm/beit run_class_finetuning.py does
+  before fine-tuning: cls_token, patch_embed.proj.*, blocks.N.{norm1, attn.qkv.weight,
+  attn.q_bias, attn.v_bias, attn.relative_position_bias_table, attn.proj.*, norm2, mlp.*,
+  gamma_1, gamma_2}, norm.*, timm `Beit`'s keys:
+  `timm.create_model("beit_base_patch16_224", num_classes=0, use_fc_norm=False)` loads them
+  strictly (use_fc_norm=False keeps timm's final `norm`, which the encoder has; timm's default
+  mean pooling swaps it for an `fc_norm` after pooling, as the fine-tune head here does).
 
 `EncoderFile.read(path)` reads a file once into one object (config, weights, metadata, sha256);
 reading the same unchanged file again in the same process returns that object.
@@ -20,7 +31,7 @@ import torch
 from mim.checkpoint import SafetensorsFile, load_strict, read_safetensors, save_safetensors
 from mim.config import from_dict
 from mim.errors import MimError
-from mim.vit import ViTConfig, ViTEncoder
+from mim.vit import ViTConfig, ViTEncoder, per_layer_state
 
 FORMAT = "mimrepro-vit-encoder/1"
 
@@ -75,5 +86,7 @@ def _key(path: Path) -> tuple[str, int, int] | None:
 
 
 def save_encoder(path: Path, encoder: ViTEncoder, extra: dict[str, str] | None = None) -> None:
-    meta = {"format": FORMAT, "vit": json.dumps(dataclasses.asdict(encoder.cfg)), **(extra or {})}
-    save_safetensors(Path(path), encoder.state_dict(), meta)  # detaches and copies to CPU itself
+    """Write `encoder`; a shared relative position bias is written per layer (the same function)."""
+    cfg, state = per_layer_state(encoder.cfg, encoder.state_dict())
+    meta = {"format": FORMAT, "vit": json.dumps(dataclasses.asdict(cfg)), **(extra or {})}
+    save_safetensors(Path(path), state, meta)  # detaches and copies to CPU itself

@@ -38,6 +38,7 @@ from mim.config import Betas, Check, Momentum, NonNegFloat, NonNegInt, PosFloat,
 from mim.data.images import epoch_seed, make_loader
 from mim.errors import MimError
 from mim.files import RunLock, atomic_write, write_json
+from mim.lars import LARS
 from mim.param_groups import weight_decay_groups
 from mim.schedules import cosine_schedule
 
@@ -50,14 +51,16 @@ class OptimConfig:
     batch_size: PosInt  # images per optimizer step, summed over processes and accumulation
     base_lr: PosFloat
     accum_steps: PosInt = 1
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"  # lars: mim/lars.py (DINO's ResNet-50 recipe)
     min_lr: NonNegFloat = 0.0
     warmup_epochs: NonNegFloat = 0.0
     weight_decay: NonNegFloat = 0.05
     weight_decay_end: NonNegFloat | None = None  # cosine wd schedule (DINO); None = constant
     betas: Betas = (0.9, 0.95)
-    momentum: Momentum = 0.9  # SGD only
-    clip_grad: PosFloat | None = None
+    momentum: Momentum = 0.9  # SGD and LARS
+    clip_grad: PosFloat | None = None  # None = no clipping
+    clip_mode: Literal["global", "per_param"] = "global"  # global: the norm of all gradients together (torch
+    # clip_grad_norm_); per_param: each parameter's gradient norm on its own (DINO utils.py clip_gradients)
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -276,7 +279,7 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
                     g["lr"] = float(lr_sched[it]) * g.get("lr_scale", 1.0)
                     g["weight_decay"] = float(wd_sched[it]) * g["wd_scale"]
                 if optim.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad)
+                    clip_gradients(model, optim.clip_grad, optim.clip_mode)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 if task.after_step is not None:
@@ -376,6 +379,21 @@ def non_finite(state: Any, prefix: str = "") -> list[str]:
     return []
 
 
+def clip_gradients(model: nn.Module, clip: float, mode: str = "global") -> None:
+    """Scale gradients in place so that their norm is at most `clip`: of all gradients together
+    (`global`, torch's clip_grad_norm_), or of each parameter's own (`per_param`: facebookresearch/dino
+    utils.py clip_gradients, coefficient clip / (norm + 1e-6) where it is below 1)."""
+    if mode == "global":
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        return
+    if mode != "per_param":
+        raise MimError(f"unknown clip_mode {mode!r}; choose global or per_param")
+    for p in model.parameters():
+        if p.grad is not None:
+            coef = clip / (p.grad.detach().norm(2) + 1e-6)
+            p.grad.detach().mul_(coef.clamp(max=1.0))  # no host sync per parameter, unlike DINO's `if clip_coef < 1`
+
+
 def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
     for g in groups:  # groups created with weight_decay 0 (norms, biases) stay undecayed
         g.setdefault("wd_scale", 1.0 if g.get("weight_decay", cfg.weight_decay) > 0 else 0.0)
@@ -383,7 +401,9 @@ def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.opt
         return torch.optim.AdamW(groups, lr=scaled_lr(cfg), betas=cfg.betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=scaled_lr(cfg), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise MimError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
+    if cfg.optimizer == "lars":  # facebookresearch/dino main_dino.py: utils.LARS for convnets and large batches
+        return LARS(groups, lr=scaled_lr(cfg), weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    raise MimError(f"unknown optimizer {cfg.optimizer!r}; choose adamw, sgd or lars")
 
 
 def _to(batch: Any, dev: torch.device) -> Any:

@@ -5,6 +5,10 @@ the embeddings are layer 0, block i is layer i + 1, everything after the blocks 
 decoder heads) is layer depth + 1, and a parameter of layer l gets lr x decay ** (depth + 1 - l).
 Fine-tuning (mim/eval/finetune.py) and the segmentation backbone (downstream/seg_mm.py) both use
 `layer_decay_groups`; detection uses detectron2's own rule (`get_vit_lr_decay_rate`).
+BEiT's own rule (unilm/beit optim_factory.py `get_num_layer_for_vit`) is the same and puts the
+shared `rel_pos_bias.*` table after the blocks too; a per-layer table of block N
+(`attn.relative_position_bias_table`) is in layer N + 1 and, being 2-D, weight-decayed, as in
+BEiT's pretraining and fine-tuning (`--disable_weight_decay_on_rel_pos_bias` is off by default).
 timm's `param_groups_layer_decay` is not used: it groups by timm's own module names and cannot
 see a ViT nested under another prefix (`encoder.`, `backbone.vit.`).
 """
@@ -46,7 +50,7 @@ def vit_layer_id(name: str, depth: int, prefix: str = "") -> int:
         return 0
     if rest.startswith("blocks."):
         return int(rest.split(".")[1]) + 1
-    return depth + 1
+    return depth + 1  # norm, and a shared rel_pos_bias table (unilm/beit optim_factory.py)
 
 
 def layer_decay_groups(

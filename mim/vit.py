@@ -1,20 +1,40 @@
-"""ViT encoder shared by every student: patchify, fixed 2-D sin-cos position embedding, cls token.
+"""ViT encoder shared by every student: patchify, position signal, cls token.
 
-Built from timm's `PatchEmbed` and `Block` (attention through scaled_dot_product_attention),
-with the same parameter names as timm's `VisionTransformer`, so an encoder state_dict loads
-into `timm.create_model("vit_*_patch16_224")` unchanged (see mim/encoder_file.py).
+Two layouts, both with timm's parameter names so an encoder state_dict loads into timm unchanged
+(see mim/encoder_file.py):
+
+* `rel_pos_bias: none` (MAE, Img2Vec): fixed 2-D sin-cos absolute position embedding and
+  timm's `vision_transformer.Block`, the keys of `timm.create_model("vit_*_patch16_224")`;
+* `rel_pos_bias: shared | per_layer` (BEiT): timm's `beit.Block` (q and v biases with a zero k
+  bias, LayerScale as `gamma_1`/`gamma_2`) with BEiT's relative position bias, either one table
+  shared by every block (`rel_pos_bias.relative_position_bias_table`, BEiT pretraining,
+  unilm/beit modeling_pretrain.py `use_shared_rel_pos_bias`) or one per block
+  (`blocks.N.attn.relative_position_bias_table`, BEiT fine-tuning, modeling_finetune.py
+  `use_rel_pos_bias`); usually without absolute position (`abs_pos: false`, unilm/beit
+  run_beit_pretraining.py).  The keys of `timm.create_model("beit_base_patch16_224")`.
+  `per_layer_state` turns a shared table into the per-layer one, as unilm/beit
+  run_class_finetuning.py does before fine-tuning.
+
+Attention goes through scaled_dot_product_attention in both (timm's fused path).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from timm.layers import PatchEmbed
+from timm.models import beit as timm_beit
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from mim.config import DropRate, NonNegInt, PosFloat, PosInt
+from mim.errors import MimError
+
+RelPosBias = Literal["none", "shared", "per_layer"]
+SHARED_TABLE = "rel_pos_bias.relative_position_bias_table"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +48,8 @@ class ViTConfig:
     drop_path: DropRate = 0.0
     layer_scale: PosFloat | None = None  # LayerScale init (BEiT: 0.1); None = off
     in_chans: PosInt = 3
+    abs_pos: bool = True  # fixed 2-D sin-cos absolute position embedding (MAE); false = none (BEiT)
+    rel_pos_bias: RelPosBias = "none"  # BEiT's relative position bias: one table "shared" by all blocks, or "per_layer"
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -35,9 +57,16 @@ class ViTConfig:
             out.append(("img_size", f"{self.img_size} is not a multiple of patch_size {self.patch_size}"))
         if self.embed_dim % self.num_heads:
             out.append(("num_heads", f"{self.num_heads} does not divide embed_dim {self.embed_dim}"))
-        if self.embed_dim % 4:
+        if self.abs_pos and self.embed_dim % 4:
             out.append(("embed_dim", f"{self.embed_dim} is not a multiple of 4 (the 2-D sin-cos position embedding)"))
+        if not self.abs_pos and self.rel_pos_bias == "none":
+            out.append(("abs_pos", "false with rel_pos_bias none leaves the encoder no position signal"))
         return out
+
+    @property
+    def beit_blocks(self) -> bool:
+        """Blocks in timm's BEiT layout (the relative position bias needs them)."""
+        return self.rel_pos_bias != "none"
 
     @property
     def grid(self) -> int:
@@ -64,16 +93,19 @@ def vit_config(size: str, **overrides: object) -> ViTConfig:
 
 
 def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> np.ndarray:
-    """Fixed 2-D sin-cos embedding (MAE): half the channels encode rows, half columns."""
+    """Fixed 2-D sin-cos embedding in MAE's layout (facebookresearch/mae util/pos_embed.py,
+    `get_2d_sincos_pos_embed`): the first half of the channels encodes the column of a patch, the
+    second half its row, each as [sin | cos] of D/4 frequencies; patches in row-major order, a zero
+    row for the cls token.  MAE's checkpoints and decoders use this exact table."""
     assert dim % 4 == 0, "embed dim must be divisible by 4 for 2-D sin-cos"
-    gh, gw = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="xy")
+    cols, rows = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="xy")
 
     def one_axis(pos: np.ndarray) -> np.ndarray:
         omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
         out = np.einsum("m,d->md", pos.reshape(-1), omega)  # (M, D/4)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (M, D/2)
 
-    emb = np.concatenate([one_axis(gw), one_axis(gh)], axis=1)  # (grid*grid, D)
+    emb = np.concatenate([one_axis(cols), one_axis(rows)], axis=1)  # (grid*grid, D): MAE's emb_h is its grid[0], the columns
     if cls_token:
         emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
     return emb.astype(np.float32)
@@ -82,29 +114,45 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> np.ndarray:
 class ViTEncoder(nn.Module):
     """ViT with cls token; `forward_features(x, ids_keep)` encodes only the kept patches (MAE)."""
 
+    pos_embed: nn.Parameter | None
+    rel_pos_bias: nn.Module | None
+
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.embed_dim), requires_grad=False)
+        self.pos_embed = None
+        if cfg.abs_pos:
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.embed_dim), requires_grad=False)
+        window = (cfg.grid, cfg.grid)
+        # BEiT's table: zero at init (unilm/beit modeling_finetune.py RelativePositionBias; timm's too)
+        self.rel_pos_bias = timm_beit.RelativePositionBias(window, cfg.num_heads) if cfg.rel_pos_bias == "shared" else None
         dpr = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth rule
-        self.blocks = nn.ModuleList(
-            Block(
-                cfg.embed_dim,
-                cfg.num_heads,
-                cfg.mlp_ratio,
-                qkv_bias=True,
-                init_values=cfg.layer_scale,
-                drop_path=dpr[i],
+        if cfg.beit_blocks:
+            blocks = (
+                timm_beit.Block(
+                    cfg.embed_dim,
+                    cfg.num_heads,
+                    qkv_bias=True,  # q_bias and v_bias, k bias fixed at zero (unilm/beit modeling_finetune.py Attention)
+                    mlp_ratio=cfg.mlp_ratio,
+                    drop_path=dpr[i],
+                    init_values=cfg.layer_scale,
+                    window_size=window if cfg.rel_pos_bias == "per_layer" else None,
+                )
+                for i in range(cfg.depth)
             )
-            for i in range(cfg.depth)
-        )
+        else:
+            blocks = (
+                Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, init_values=cfg.layer_scale, drop_path=dpr[i])
+                for i in range(cfg.depth)
+            )
+        self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        if not self.pos_embed.is_meta:  # meta-device builds only count parameters
+        if self.pos_embed is not None and not self.pos_embed.is_meta:  # meta-device builds only count parameters
             pe = sincos_pos_embed(self.cfg.embed_dim, self.cfg.grid)
             self.pos_embed.data.copy_(torch.from_numpy(pe).unsqueeze(0))
         w = self.patch_embed.proj.weight.data
@@ -134,18 +182,26 @@ class ViTEncoder(nn.Module):
 
     # --- encoding --------------------------------------------------------------------------
     def embed(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, L, D) patch tokens with position embedding, no cls."""
-        return self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        """(N, C, H, W) -> (N, L, D) patch tokens with position embedding (if any), no cls."""
+        x = self.patch_embed(imgs)
+        return x if self.pos_embed is None else x + self.pos_embed[:, 1:, :]
 
     def add_cls(self, x: torch.Tensor) -> torch.Tensor:
-        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1)  # (N, 1+L, D)
+        cls = self.cls_token if self.pos_embed is None else self.cls_token + self.pos_embed[:, :1, :]
+        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)  # (N, 1+L, D)
 
     def forward_blocks(self, x: torch.Tensor, return_all: bool = False) -> torch.Tensor | list[torch.Tensor]:
-        """Run the blocks on (N, 1+L', D); with return_all, every block's output (before norm)."""
+        """Run the blocks on (N, 1+L', D); with return_all, every block's output (before norm).
+        A relative position bias spans the whole grid: L' = L there."""
+        kw = {}
+        if self.cfg.beit_blocks:
+            if x.shape[1] != self.cfg.num_patches + 1:
+                raise MimError(f"an encoder with a relative position bias sees every patch ({self.cfg.num_patches} + cls), "
+                               f"got {x.shape[1]} tokens; MAE-style token dropping needs encoder.rel_pos_bias: none")
+            kw["shared_rel_pos_bias"] = self.rel_pos_bias() if self.rel_pos_bias is not None else None  # (heads, 1+L, 1+L)
         outs = []
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, **kw)
             if return_all:
                 outs.append(x)
         return outs if return_all else x
@@ -154,6 +210,9 @@ class ViTEncoder(nn.Module):
         """Encode; ids_keep (N, L_keep) selects visible patches. Returns normed (N, 1+L_keep, D)."""
         x = self.embed(imgs)  # (N, L, D)
         if ids_keep is not None:
+            if self.cfg.beit_blocks:
+                raise MimError("MAE-style token dropping (ids_keep) needs an encoder without relative position bias "
+                               "(encoder.rel_pos_bias: none)")
             x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (N, L_keep, D)
         x = self.forward_blocks(self.add_cls(x))
         return self.norm(x)
@@ -164,11 +223,26 @@ class ViTEncoder(nn.Module):
         Returns normed (N, 1+L, D)."""
         x = self.patch_embed(imgs)  # (N, L, D)
         w = mask.unsqueeze(-1).to(x.dtype)  # (N, L, 1)
-        x = x * (1 - w) + mask_token.to(x.dtype) * w + self.pos_embed[:, 1:, :]
+        x = x * (1 - w) + mask_token.to(x.dtype) * w
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[:, 1:, :]
         return self.norm(self.forward_blocks(self.add_cls(x)))  # (N, 1+L, D)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.forward_features(imgs)
+
+
+def per_layer_state(cfg: ViTConfig, state: dict[str, torch.Tensor]) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    """A shared-bias encoder as the per-layer one BEiT fine-tunes: the shared table copied into every
+    block's `attn.relative_position_bias_table` (unilm/beit run_class_finetuning.py, "Expand the shared
+    relative position embedding to each transformer block").  The same function; other configs unchanged."""
+    if cfg.rel_pos_bias != "shared":
+        return cfg, state
+    out = {k: v for k, v in state.items() if k != SHARED_TABLE}
+    table = state[SHARED_TABLE]  # ((2g-1)^2 + 3, heads)
+    for i in range(cfg.depth):
+        out[f"blocks.{i}.attn.relative_position_bias_table"] = table.detach().clone()
+    return dataclasses.replace(cfg, rel_pos_bias="per_layer"), out
 
 
 def init_module(m: nn.Module) -> None:

@@ -48,8 +48,10 @@ def check_file(params: Path) -> list[str]:
     """The sections checked; raises ConfigError (one line) at the first problem."""
     from mim import methods
     from mim.errors import ConfigError
+    from mim.eval.finetune import FinetuneConfig
 
-    types = section_types()
+    # A student's own fine-tune recipe (dvc.yaml `students: {beit: {..., finetune: finetune_beit}}`)
+    types = {**section_types(), **{k: FinetuneConfig for k in read_yaml(params) if str(k).startswith("finetune_")}}
     unknown = sorted(set(read_yaml(params)) - set(types))
     if unknown:
         raise ConfigError(f"{params}: unknown section(s) {', '.join(unknown)}; the sections are {', '.join(sorted(types))}")

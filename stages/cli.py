@@ -42,6 +42,7 @@ def profile(name: str | None) -> None:
 from stages.check_params import check_params  # noqa: E402
 from stages.detect import detect  # noqa: E402
 from stages.finetune import finetune  # noqa: E402
+from stages.import_student import import_student  # noqa: E402
 from stages.prepare_data import prepare_data  # noqa: E402
 from stages.pretrain_student import pretrain_student  # noqa: E402
 from stages.pretrain_teacher import import_teacher, pretrain_teacher  # noqa: E402
@@ -51,7 +52,8 @@ from stages.tables import tables  # noqa: E402
 from stages.token_diversity import token_diversity  # noqa: E402
 from stages.tokenizer import convert_dalle, tokenizer  # noqa: E402
 
-for _command in (check_params, prepare_data, pretrain_teacher, import_teacher, tokenizer, convert_dalle, pretrain_student, token_diversity,
+for _command in (check_params, prepare_data, pretrain_teacher, import_teacher, tokenizer, convert_dalle, pretrain_student, import_student,
+                 token_diversity,
                  finetune, probe, detect, segment, tables):
     main.add_command(_command)
 

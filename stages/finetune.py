@@ -1,4 +1,8 @@
-"""`mimrepro finetune`: fine-tune a student encoder end to end on ImageNet (MAE's recipe)."""
+"""`mimrepro finetune`: fine-tune a student encoder end to end on ImageNet.
+
+The recipe is a params section (`--section`): `finetune` (MAE's) for every student but BEiT, whose
+own recipe is `finetune_beit`; dvc.yaml names each student's section in its `students` entry.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +18,9 @@ from stages.common import data_option, encoder_option, file_option, load, params
 @file_option("--metrics", "Top-1/top-5 on val (.json).", output=True)
 @run_option
 @params_option
-def finetune(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_path: Path) -> None:
+@click.option("--section", default="finetune", show_default=True,
+              help="Params section of the fine-tune recipe (BEiT's own: finetune_beit).")
+def finetune(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_path: Path, section: str) -> None:
     """Fine-tune --encoder on <data>/train, evaluate on <data>/val, write top-1/top-5 to --metrics."""
     from mim.data.images import open_dataset
     from mim.encoder_file import EncoderFile
@@ -23,7 +29,7 @@ def finetune(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_pat
     from mim.files import write_json
     from stages.run import CHECKPOINT, start
 
-    cfg = load(params_path, "finetune", FinetuneConfig)
+    cfg = load(params_path, section, FinetuneConfig)
     run = start(params_path)
     enc = EncoderFile.read(encoder)
     name = enc.metadata.get("student", encoder.parent.name)

@@ -76,3 +76,4 @@ def _with_input() -> str:
     from mim import methods
 
     return ", ".join(m for m in methods.METHODS if methods.load(m).INPUT is not None)
+

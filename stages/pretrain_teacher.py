@@ -1,12 +1,17 @@
-"""`mimrepro pretrain-teacher` (DINO, ResNet-50 by default) and `mimrepro import-teacher`."""
+"""`mimrepro pretrain-teacher` (DINO, ResNet-50 by default; or, with `dino.source: import`, the
+official weights) and `mimrepro import-teacher` (the same import, ad hoc)."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from stages.common import data_option, file_option, load, params_option, run_option
+
+if TYPE_CHECKING:
+    from mim.teacher.dino import Config
 
 
 @click.command("pretrain-teacher")
@@ -18,7 +23,9 @@ from stages.common import data_option, file_option, load, params_option, run_opt
 @run_option
 def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metrics: Path, run_dir: Path) -> None:
     """Pretrain the DINO teacher (params `dino`; ResNet-50 by default) and export its backbone
-    with timm key names; logs k-NN top-1, teacher entropy and student-teacher KL per epoch."""
+    with timm key names; logs k-NN top-1, teacher entropy and student-teacher KL per epoch.
+    With `dino.source: import` nothing is trained: the official checkpoint `dino.checkpoint` is
+    converted to --out and --metrics says so."""
     from mim.config import to_dict
     from mim.data.images import open_dataset
     from mim.engine import is_main
@@ -28,6 +35,9 @@ def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metric
     from stages.run import fit_in, start
 
     cfg = load(params_path, "dino", dino.Config)
+    if cfg.source == "import":
+        _import(cfg, name, out, metrics, run_dir)
+        return
     run = start(params_path)
     ds = open_dataset(data, run.num_workers or None)
     t = dino.task(cfg, run, ds)
@@ -51,6 +61,20 @@ def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metric
     write_json(metrics, summary)
     click.echo(f"{name}: k-NN top-1 {summary.get('knn_top1', float('nan')):.2f}%, teacher entropy "
                f"{summary.get('teacher_entropy', float('nan')):.3f}, KL {summary.get('kl', float('nan')):.3f} -> {out}")
+
+
+def _import(cfg: Config, name: str, out: Path, metrics: Path, run_dir: Path) -> None:
+    """The official weights as the stage's outputs: the teacher file, metrics of what was measured
+    (no training numbers), and the run folder DVC expects (left as it is, with no checkpoint added)."""
+    from mim.files import write_json
+    from mim.teacher.official_dino import import_teacher as convert
+
+    assert cfg.checkpoint is not None  # Config.problems: source import needs it
+    src = Path(cfg.checkpoint)
+    measured = convert(src, out, "teacher", name)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(metrics, {"source": "import", "checkpoint": src.name, "arch": "resnet50", **measured})
+    click.echo(f"{name}: imported the official DINO ResNet-50 {src} (nothing trained) -> {out}")
 
 
 @click.command("import-teacher")

@@ -88,12 +88,16 @@ def test_mask_ratio_is_a_fraction_rounded_to_a_count():
         check_config(cfg, ENC, tok)
 
 
-def test_pretrain_resumes_identically_and_exports_timm_keys(tmp_path):
+@pytest.mark.parametrize("rel_pos", ["shared", "none"])
+def test_pretrain_resumes_identically_and_exports_timm_keys(tmp_path, rel_pos):
+    """BEiT's official position (shared relative bias, no absolute table: the default) and the
+    sin-cos one (smoke/micro) both train, resume bit-identically and export timm's keys."""
     torch.manual_seed(0)
     tok = vqvae_tokenizer(VQVAE(VQVAEConfig(image_size=16, downsample=4, vocab_size=32, code_dim=8, hidden=16)))
     save_tokenizer(tmp_path / "tok.safetensors", tok)
-    cfg = Config(model=ModelConfig(mask_ratio=0.4, min_num_patches=2), data=DataConfig(),
-                 optim=OptimConfig(epochs=2, batch_size=4, base_lr=1e-3, betas=(0.9, 0.999)))
+    model = ModelConfig(mask_ratio=0.4, min_num_patches=2) if rel_pos == "shared" else \
+        ModelConfig(mask_ratio=0.4, min_num_patches=2, rel_pos_bias="none", abs_pos=True)
+    cfg = Config(model=model, data=DataConfig(), optim=OptimConfig(epochs=2, batch_size=4, base_lr=1e-3, betas=(0.9, 0.999)))
     run = RunConfig(seed=2)
     data = make_imagenet(tmp_path / "imgs", classes=2, train=4, val=1, size=40)
     inputs = Inputs(encoder=ENC, run=run, data=data, input=tmp_path / "tok.safetensors")
@@ -117,12 +121,24 @@ def test_pretrain_resumes_identically_and_exports_timm_keys(tmp_path):
     resumed, _ = train(tmp_path / "b")
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
-    save_encoder(tmp_path / "enc.safetensors", full.model.encoder)
-    enc = EncoderFile.read(tmp_path / "enc.safetensors").build()
+    trained = full.model.encoder
+    assert trained.cfg.rel_pos_bias == rel_pos and (trained.pos_embed is None) == (rel_pos == "shared")
+    if rel_pos == "shared":  # the shared table trained (zero at init, unilm/beit) and is weight-decayed (2-D, as BEiT's)
+        table = trained.rel_pos_bias.relative_position_bias_table
+        assert table.abs().sum() > 0 and id(table) not in no_decay
+    save_encoder(tmp_path / "enc.safetensors", trained)
+    enc = EncoderFile.read(tmp_path / "enc.safetensors").build().eval()
     assert enc.cfg.layer_scale == 0.1
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
-                            embed_dim=32, depth=2, num_heads=2, init_values=0.1)
+    small = dict(pretrained=False, num_classes=0, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    if rel_pos == "shared":
+        assert enc.cfg.rel_pos_bias == "per_layer" and not enc.cfg.abs_pos
+        vit = timm.create_model("beit_base_patch16_224", use_fc_norm=False, **small)
+    else:
+        vit = timm.create_model("vit_tiny_patch16_224", init_values=0.1, **small)
     vit.load_state_dict(enc.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(vit.eval().forward_features(x), trained.eval()(x), atol=1e-5)
 
 
 def test_tokenizer_grid_must_match_the_patch_grid():
@@ -130,3 +146,36 @@ def test_tokenizer_grid_must_match_the_patch_grid():
     cfg = Config(model=ModelConfig(mask_ratio=0.4, min_num_patches=2), optim=OptimConfig(epochs=1, batch_size=4, base_lr=1e-3))
     with pytest.raises(MimError, match="tokenizer.model.image_size = 16"):
         check_config(cfg, ENC, tok)
+
+
+def test_mask_embedding_without_absolute_position():
+    """BEiT's official input (unilm/beit modeling_pretrain.py): mask embedding, no position table added."""
+    torch.manual_seed(0)
+    enc = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, abs_pos=False, rel_pos_bias="shared")
+    model = BEiT(enc, vocab_size=16).eval()
+    assert model.encoder.pos_embed is None
+    imgs = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[0, 1, 2] = True
+    with torch.no_grad():
+        x = model.encoder.patch_embed(imgs)
+        x[0, 6] = model.mask_token[0, 0]
+        x = torch.cat([model.encoder.cls_token.expand(2, -1, -1), x], dim=1)
+        expected = model.encoder.norm(model.encoder.blocks[0](x, shared_rel_pos_bias=model.encoder.rel_pos_bias()))
+        assert torch.allclose(model.forward_encoder(imgs, mask), expected, atol=1e-6)
+
+
+def test_position_defaults_are_beits_and_profiles_choose():
+    """The defaults are BEiT's pretraining (shared relative bias, no absolute table, LayerScale 0.1);
+    the paper profile keeps them, smoke and micro keep the sin-cos encoder; no position at all is refused."""
+    from stages.common import load
+
+    root = Path(__file__).resolve().parents[1]
+    m = ModelConfig()
+    assert (m.rel_pos_bias, m.abs_pos, m.layer_scale) == ("shared", False, 0.1)
+    for profile, want in (("paper", ("shared", False)), ("smoke", ("none", True)), ("micro", ("none", True))):
+        cfg = load(root / f"params/{profile}.yaml", "beit", Config)
+        enc = beit.encoder_config(cfg, load(root / f"params/{profile}.yaml", "encoder", ViTConfig))
+        assert (enc.rel_pos_bias, enc.abs_pos) == want, profile
+    bad = Config(model=ModelConfig(rel_pos_bias="none", abs_pos=False), optim=OptimConfig(epochs=1, batch_size=4, base_lr=1e-3))
+    assert beit.check(bad, ViTConfig())[0][0] == "model.abs_pos"

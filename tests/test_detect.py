@@ -71,6 +71,47 @@ def test_converted_vit_computes_the_encoder(layer_scale):
 
 @pytest.mark.detectron2
 @needs_d2
+def test_beit_encoder_converts_exactly_but_its_relative_bias():
+    """A BEiT-layout encoder (per-layer relative bias, q/v biases, gamma_1/2, no pos_embed): LayerScale
+    folded and q/v biases fused exactly, so with the relative tables zeroed (the one part dropped)
+    detectron2's ViT (its rel_pos_h/w zero at init) computes the same features."""
+    from detectron2.modeling import ViT
+
+    from downstream.vitdet_convert import load_into_vit, vit_kwargs
+    from mim.vit import per_layer_state
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, layer_scale=0.1, abs_pos=False, rel_pos_bias="shared")
+    enc = ViTEncoder(cfg).eval()
+    for p in enc.parameters():  # no zero q/v biases or unit gammas that could hide a missed key
+        p.data.add_(torch.randn_like(p) * 0.05)
+    cfg, state = per_layer_state(cfg, enc.state_dict())  # the layout of the encoder file
+    vit = ViT(**vit_kwargs(cfg, img_size=32, window_size=0, global_blocks=(), use_rel_pos=True, drop_path=0.0)).eval()
+    assert vit.pos_embed is None  # the encoder has no absolute table to give it
+    report = load_into_vit(vit, state)
+    tables = ["blocks.0.attn.relative_position_bias_table", "blocks.1.attn.relative_position_bias_table"]
+    assert sorted(report.dropped) == sorted(["cls_token", "norm.bias", "norm.weight", *tables])
+    assert len(report.folded) == 4 and len(report.fused) == 4 and all(k.endswith(("rel_pos_h", "rel_pos_w")) for k in report.fresh)
+    assert torch.equal(vit.state_dict()["blocks.1.attn.qkv.bias"][32:64], torch.zeros(32))  # BEiT's k bias
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        theirs = vit(x)["last_feat"].flatten(2).transpose(1, 2)  # (N, L, D)
+        ours = enc.patch_embed(x)
+        for blk in enc.blocks:  # without cls and with the relative bias at zero: nothing dropped matters
+            blk.attn.relative_position_bias_table = None
+            ours = blk(ours)
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        enc.blocks[0].gamma_1.mul_(2)  # the gammas are really used
+        mine = enc.patch_embed(x)
+        for blk in enc.blocks:
+            mine = blk(mine)
+        assert not torch.allclose(mine, theirs, atol=1e-3)
+    with pytest.raises(MimError, match="use_rel_pos"):
+        vit_kwargs(cfg, img_size=32, use_rel_pos=False)
+
+
+@pytest.mark.detectron2
+@needs_d2
 def test_pos_embed_is_interpolated_to_the_detection_grid():
     from timm.layers import resample_abs_pos_embed
 

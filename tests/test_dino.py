@@ -1,5 +1,7 @@
 import argparse
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +247,79 @@ def test_vit_option_multicrop_forward():
     loss, _ = m(tiny_crops(2))  # global and local crops through one dynamic-size ViT
     loss.backward()
     assert torch.isfinite(loss) and m.student.backbone.patch_embed.proj.weight.grad is not None
+
+
+# --- precision: the head's last layer and the logits in float32 under bf16 autocast --------------------
+def test_head_last_layer_and_logits_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    head = DINOHead(20, HeadConfig(out_dim=50, hidden_dim=32, bottleneck_dim=8))
+    x = torch.randn(3, 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = head.mlp(x)
+        out = head(x)
+    assert hidden.dtype == torch.bfloat16  # autocast is on: the MLP runs in bf16
+    assert out.dtype == torch.float32
+    assert torch.equal(out, head.last_layer(F.normalize(hidden.float(), dim=-1)))  # last layer in fp32 on the bf16 MLP output
+    m = DINO(TINY, CROPS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m.student(tiny_crops()).dtype == torch.float32 and m.teacher(tiny_crops()[:2]).dtype == torch.float32
+        loss, _ = m(tiny_crops())
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_loss_logits_float32_from_bf16_outputs():
+    """Division by the temperatures happens in fp32: bf16 outputs give the loss of their fp32 copies, exactly."""
+    torch.manual_seed(0)
+    s, t = torch.randn(4 * 5, 64).bfloat16(), torch.randn(2 * 5, 64).bfloat16()
+    a, b = (DINOLoss(64, n_global=2, n_crops=4, student_temp=0.1, center_momentum=0.9) for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = a(s, t, teacher_temp=0.04)
+    want, _ = b(s.float(), t.float(), teacher_temp=0.04)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert torch.equal(a.center, b.center)
+    bf16_logits = -(F.softmax((t.chunk(2)[0] / 0.04).float(), -1) * F.log_softmax((s.chunk(4)[1] / 0.1).float(), -1)).sum(-1).mean()
+    fp32_logits = -(F.softmax(t.chunk(2)[0].float() / 0.04, -1) * F.log_softmax(s.chunk(4)[1].float() / 0.1, -1)).sum(-1).mean()
+    assert not torch.equal(bf16_logits, fp32_logits)  # the difference the fp32 logits avoid is real
+
+
+# --- dino.source: import: the stage converts the official weights instead of training -------------------
+IMPORT_PARAMS = PARAMS.replace("    arch: test_resnet\n", "    arch: resnet50\n") + "  source: import\n  checkpoint: CKPT\n"
+
+
+def test_pretrain_teacher_stage_imports_official_weights(tmp_path, monkeypatch):
+    from stages.cli import main
+
+    state = official_resnet50_state()
+    full = {"teacher": {f"module.backbone.{k}": v for k, v in state.items()} | {"module.head.last_layer.weight_v": torch.zeros(4, 2)},
+            "student": {f"module.backbone.{k}": torch.zeros_like(v) for k, v in state.items()}, "args": argparse.Namespace(arch="resnet50")}
+    torch.save(full, tmp_path / "full.pth")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("stages.run.fit_in", lambda *a, **k: pytest.fail("the import trained"))
+    Path("p.yaml").write_text(IMPORT_PARAMS.replace("CKPT", "full.pth"))
+    args = ["pretrain-teacher", "--params", "p.yaml", "--data", "no-data", "--name", "t", "--out", "m/b.safetensors",
+            "--metrics", "t.json", "--run", "r"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    import_teacher(Path("full.pth"), Path("ref.safetensors"))  # the converter on its own
+    got, ref = load_teacher(Path("m/b.safetensors")), load_teacher(Path("ref.safetensors"))
+    a, b = got.backbone.state_dict(), ref.backbone.state_dict()
+    assert a.keys() == b.keys() == state.keys() and all(torch.equal(a[k], b[k]) and torch.equal(a[k], state[k]) for k in a)
+    assert got.name == "t"
+    m = json.loads(Path("t.json").read_text())
+    assert m["source"] == "import" and m["checkpoint"] == "full.pth" and m["params_m"] == 23.51
+    assert m["checkpoint_sha256"] == hashlib.sha256(Path("full.pth").read_bytes()).hexdigest()
+    assert not {"knn_top1", "loss", "epochs", "seconds"} & m.keys()  # no training numbers
+    assert Path("r").is_dir() and not Path("r/checkpoint.pt").exists()
+
+    def fails(params: str, pattern: str) -> None:
+        Path("p.yaml").write_text(params)
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 1, res.output
+        assert "Traceback" not in res.output and re.search(pattern, res.output.strip().splitlines()[-1]), res.output
+
+    fails(IMPORT_PARAMS.replace("CKPT", "null"), r"p\.yaml: dino\.checkpoint: source import needs the path of the official DINO ResNet-50")
+    fails(IMPORT_PARAMS.replace("CKPT", "gone.pth"), r"DINO checkpoint not found: gone\.pth")
+    fails(IMPORT_PARAMS.replace("arch: resnet50", "arch: test_resnet").replace("CKPT", "full.pth"),
+          r"dino\.model\.arch: .test_resnet.: source import converts the official ResNet-50 only; set resnet50")
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, "short.pth")
+    fails(IMPORT_PARAMS.replace("CKPT", "short.pth"), r"short\.pth does not match timm resnet50: \d+ keys missing")

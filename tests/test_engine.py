@@ -192,3 +192,94 @@ def test_divergence_guard():
         from mim.config import from_dict
 
         from_dict(RunConfig, {"divergence": 0.5})
+
+
+# --- LARS and DINO's per-parameter clipping ------------------------------------------------------------
+def dino_clip_gradients(model: nn.Module, clip: float) -> None:
+    """facebookresearch/dino utils.py clip_gradients, as written there (the reference)."""
+    for p in model.parameters():
+        if p.grad is not None:
+            param_norm = p.grad.data.norm(2)
+            clip_coef = clip / (param_norm + 1e-6)
+            if clip_coef < 1:
+                p.grad.data.mul_(clip_coef)
+
+
+def test_per_param_clipping_is_dinos_and_global_is_torchs():
+    from mim.engine import clip_gradients
+
+    def model_with_grads() -> nn.Module:
+        m = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2, bias=False))
+        grads = [torch.full((4, 3), 2.0), torch.full((4,), 0.01), torch.full((2, 4), -3.0)]  # norms 6.9, 0.02, 8.5
+        for p, g in zip(m.parameters(), grads):
+            p.grad = g.clone()
+        return m
+
+    got, ref, glob = model_with_grads(), model_with_grads(), model_with_grads()
+    clip_gradients(got, 1.0, "per_param")
+    dino_clip_gradients(ref, 1.0)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(got.parameters(), ref.parameters()))
+    norms = [float(p.grad.norm()) for p in got.parameters()]
+    assert np.allclose(norms, [1.0, 0.02, 1.0], atol=1e-5)  # each clipped on its own; the small one untouched
+    clip_gradients(glob, 1.0, "global")
+    assert np.isclose(float(torch.cat([p.grad.flatten() for p in glob.parameters()]).norm()), 1.0, atol=1e-5)
+    assert float(list(glob.parameters())[1].grad.norm()) < 0.01  # scaled with the rest
+
+
+def test_fit_clips_in_the_configured_mode(tmp_path, monkeypatch):
+    import mim.engine
+
+    calls = []
+    monkeypatch.setattr(mim.engine, "clip_gradients", lambda model, clip, mode: calls.append((clip, mode)))
+    run(toy_task(optim=OptimConfig(epochs=1, batch_size=4, base_lr=0.5, clip_grad=0.5, clip_mode="per_param")), tmp_path / "a")
+    assert calls == [(0.5, "per_param")] * 4  # every optimizer step
+    calls.clear()
+    run(toy_task(optim=OptimConfig(epochs=1, batch_size=4, base_lr=0.5)), tmp_path / "b")
+    assert calls == []  # clip_grad None: no clipping
+
+
+def dino_lars_step(params: list[torch.Tensor], grads: list[torch.Tensor], mus: list[torch.Tensor], lr: float, wd: float,
+                   momentum: float = 0.9, eta: float = 0.001) -> None:
+    """facebookresearch/dino utils.py LARS.step for one group, on plain tensors (the reference)."""
+    for p, dp, mu in zip(params, grads, mus):
+        if p.ndim != 1:
+            dp = dp.add(p, alpha=wd)
+            param_norm, update_norm = torch.norm(p), torch.norm(dp)
+            one = torch.ones_like(param_norm)
+            dp = dp.mul(torch.where(param_norm > 0.0, torch.where(update_norm > 0, eta * param_norm / update_norm, one), one))
+        mu.mul_(momentum).add_(dp)
+        p.add_(mu, alpha=-lr)
+
+
+def test_lars_optimizer_is_dinos():
+    from mim.engine import _make_optimizer, scaled_lr
+    from mim.lars import LARS
+
+    cfg = OptimConfig(epochs=1, batch_size=512, base_lr=0.3, optimizer="lars", weight_decay=1e-2, momentum=0.9)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    opt = _make_optimizer(weight_decay_groups(m, cfg.weight_decay), cfg)
+    assert isinstance(opt, LARS) and all(g["lr"] == scaled_lr(cfg) == 0.6 for g in opt.param_groups)
+    ref = {n: p.detach().clone() for n, p in m.named_parameters()}
+    mus = {n: torch.zeros_like(p) for n, p in ref.items()}
+    for _ in range(3):
+        grads = {n: torch.randn_like(p) for n, p in ref.items()}
+        for n, p in m.named_parameters():
+            p.grad = grads[n].clone()
+        opt.step()
+        for g in opt.param_groups:  # DINO: wd on the first (regularised) group only; LARS skips 1-D anyway
+            names = [n for n, p in m.named_parameters() if any(p is q for q in g["params"])]
+            dino_lars_step([ref[n] for n in names], [grads[n] for n in names], [mus[n] for n in names], g["lr"], g["weight_decay"])
+    for n, p in m.named_parameters():
+        assert torch.allclose(p, ref[n], atol=1e-6, rtol=0), n
+
+
+def test_clip_mode_is_checked():
+    from mim.config import from_dict
+    from mim.errors import ConfigError
+
+    assert from_dict(OptimConfig, {"epochs": 1, "batch_size": 4, "base_lr": 0.1, "clip_mode": "per_param"}).clip_mode == "per_param"
+    with pytest.raises(ConfigError, match="clip_mode"):
+        from_dict(OptimConfig, {"epochs": 1, "batch_size": 4, "base_lr": 0.1, "clip_mode": "layer"})
+    with pytest.raises(ConfigError, match="optimizer"):
+        from_dict(OptimConfig, {"epochs": 1, "batch_size": 4, "base_lr": 0.1, "optimizer": "lamb"})

@@ -8,7 +8,17 @@ from mim.checkpoint import load_checkpoint
 from mim.engine import OptimConfig, RunConfig, fit
 from mim.errors import MimError
 from mim.masking import block_masking, patches_to_blocks
-from mim.methods.img2vec import Config, ModelConfig, build_model, build_task, resolve_geometry, smooth_l1, teacher_targets
+from mim.methods.img2vec import (
+    Config,
+    Geometry,
+    ModelConfig,
+    build_model,
+    build_task,
+    patch_targets,
+    resolve_geometry,
+    smooth_l1,
+    teacher_targets,
+)
 from mim.teacher.frozen import Teacher
 from mim.vit import ViTConfig, ViTEncoder
 
@@ -274,7 +284,8 @@ def test_pretrain_student_cli_img2vec(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, args("img2vec"))
     assert r.exit_code != 0 and "--method img2vec needs --input: the frozen teacher's weights" in r.output
     r = CliRunner().invoke(main, args("scratch") + ["--input", "t.safetensors"])
-    assert r.exit_code != 0 and "--input applies to methods that learn from another model (beit, img2vec)" in r.output
+    assert r.exit_code != 0 and "--input applies to methods that learn from another model (beit, img2vec" in r.output
+    assert "not scratch" in r.output  # the list may grow (other methods with an input)
 
 
 def test_paper_profile_geometry_and_recipe():
@@ -286,6 +297,7 @@ def test_paper_profile_geometry_and_recipe():
     enc = load(params, "encoder", ViTConfig)
     cfg = load(params, "img2vec", Config).model
     assert (cfg.mask_ratio, cfg.decoder_depth, cfg.beta, cfg.global_weight, cfg.multi_block) == (0.6, 2, 2.0, 0.5, True)
+    assert cfg.merge == "mean"  # our reading; per_patch and concat are the options
     r50 = resolve_geometry(cfg, enc, Teacher(nn.Identity(), stride=32, dim=2048, name="dino_rn50"))
     assert (r50.block, r50.blocks_per_side, r50.teacher_img_size, r50.pool) == (2, 7, 224, 1)  # 32 px blocks, 7x7 tokens
     with torch.device("meta"):
@@ -295,3 +307,144 @@ def test_paper_profile_geometry_and_recipe():
     _, mask, _ = block_masking(3, enc.grid, r50.block, cfg.mask_ratio)  # the paper's masks: 29 of 49 32-px blocks
     blocks = mask.view(3, 7, 2, 7, 2)[:, :, 0, :, 0]
     assert blocks.sum((1, 2)).tolist() == [29.0] * 3 and mask.sum(1).tolist() == [29.0 * 4] * 3
+
+
+def _old_loss(model, imgs, target, seed):
+    """The mean/concat forward as it was before per_patch and the fp32 changes (reference)."""
+    torch.manual_seed(seed)
+    ids_keep, mask, ids_restore = model.mask(imgs.shape[0], imgs.device)
+    bm = mask.view(-1, 4, 2, 4, 2)[:, :, 0, :, 0].reshape(-1, 16)
+    latent = model.forward_encoder(imgs, ids_keep)
+    pred = model.predict_blocks(model.forward_decoder(latent, ids_restore))
+    target = target.to(pred.dtype)
+    per_block = smooth_l1(pred, target, model.cfg.beta).mean(-1)
+    loss = (per_block * bm).sum() / bm.sum()
+    if model.cfg.global_source == "encoder":
+        g = model.global_head(latent[:, 1:].mean(1))
+    else:
+        vis = (1 - bm).unsqueeze(-1)
+        g = (pred * vis).sum(1) / vis.sum(1)
+    return loss + model.cfg.global_weight * smooth_l1(g, target.mean(1), model.cfg.beta).mean()
+
+
+@pytest.mark.parametrize("merge", ["mean", "concat"])
+@pytest.mark.parametrize("source", ["encoder", "decoder"])
+def test_mean_and_concat_unchanged(merge, source):
+    t = tiny_teacher()
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(CFG, merge=merge, global_source=source), ENC, t)
+    imgs = torch.randn(2, 3, 32, 32)
+    target = teacher_targets(t, imgs, model.geo)
+    torch.manual_seed(3)
+    loss, _ = model(imgs, target)
+    assert torch.equal(loss, _old_loss(model, imgs, target, 3))  # bitwise, in fp32
+
+
+def test_patch_targets_repeat_the_block_token():
+    geo = Geometry(grid=8, block=2, teacher_img_size=32, pool=1)  # 4x4 blocks of 2x2 patches
+    target = torch.randn(2, 16, 6)
+    pt = patch_targets(target, geo)  # (2, 64, 6)
+    assert pt.shape == (2, 64, 6)
+    for i in range(64):
+        r, c = divmod(i, 8)
+        assert torch.equal(pt[:, i], target[:, (r // 2) * 4 + c // 2])  # every patch of a block: its token
+    assert torch.equal(pt[:, [18, 19, 26, 27]], target[:, 5:6].expand(-1, 4, -1))  # block 5 (row 1, col 1)
+    assert torch.equal(patches_to_blocks(pt, 8, 2), target.unsqueeze(2).expand(-1, -1, 4, -1))
+    one = Geometry(grid=8, block=1, teacher_img_size=32, pool=1)
+    x = torch.randn(2, 64, 6)
+    assert torch.equal(patch_targets(x, one), x)  # 1-patch blocks: identity
+
+
+def test_per_patch_loss_hand_computed_tiny():
+    model = build_model(dataclasses.replace(CFG, merge="per_patch"), ENC, tiny_teacher())
+    geo = Geometry(grid=4, block=2, teacher_img_size=16, pool=1)  # 2x2 blocks of 2x2 patches, C = 1
+    target = torch.tensor([[[1.0], [2.0], [0.0], [-1.0]]])  # (1, 4 blocks, 1)
+    block_mask = torch.tensor([1.0, 0.0, 0.0, 1.0])  # blocks 0 and 3 masked
+    mask = patch_targets(block_mask.view(1, 4, 1), geo)[..., 0]  # (1, 16): patches of blocks 0 and 3
+    pred = torch.zeros(1, 16, 1)
+    pred[0, [0, 1, 4, 5], 0] = torch.tensor([1.0, 2.0, 4.0, -2.0])  # block 0 (token 1): |diff| 0, 1, 3, 3
+    pred[0, [10, 11, 14, 15], 0] = torch.tensor([-1.0, 0.0, -1.5, 5.0])  # block 3 (token -1): 0, 1, 0.5, 6
+    loss, logs = model.forward_loss(pred, patch_targets(target, geo), mask, None)
+    sl1 = lambda d: 0.5 * d * d / 2 if d < 2 else d - 1  # beta = 2
+    hand = sum(sl1(d) for d in [0, 1, 3, 3, 0, 1, 0.5, 6]) / 8  # mean over the 8 masked patch predictions
+    assert torch.isclose(loss, torch.tensor(hand)) and "global_loss" not in logs
+    g = torch.tensor([[4.0]])  # global target = GAP of the 4 block tokens = 0.5, |diff| 3.5
+    loss, logs = model.forward_loss(pred, patch_targets(target, geo), mask, g, g_target=target.mean(1))
+    assert torch.isclose(logs["global_loss"], torch.tensor(2.5)) and torch.isclose(loss, torch.tensor(hand + 0.5 * 2.5))
+
+
+def test_per_patch_forward_equals_explicit_loop():
+    torch.manual_seed(0)
+    t = tiny_teacher()
+    model = build_model(dataclasses.replace(CFG, merge="per_patch"), ENC, t)
+    imgs = torch.randn(2, 3, 32, 32)
+    target = teacher_targets(t, imgs, model.geo)  # (2, 16, 6)
+    torch.manual_seed(5)
+    loss, logs = model(imgs, target)
+    torch.manual_seed(5)
+    ids_keep, mask, ids_restore = block_masking(2, 8, 2, 0.6)
+    latent = model.forward_encoder(imgs, ids_keep)
+    pred = model.head(model.forward_decoder(latent, ids_restore))  # (2, 64, 6): one prediction per patch
+    terms = [smooth_l1(pred[n, i], target[n, (i // 8 // 2) * 4 + i % 8 // 2], 2.0).mean()
+             for n in range(2) for i in range(64) if mask[n, i]]
+    assert len(terms) == 2 * 10 * 4  # 10 of 16 blocks masked, 4 patches each
+    patch = torch.stack(terms).mean()
+    glob = smooth_l1(model.global_head(latent[:, 1:].mean(1)), target.mean(1), 2.0).mean()  # unchanged global loss
+    assert torch.allclose(logs["patch_loss"], patch, atol=1e-6) and torch.allclose(logs["global_loss"], glob, atol=1e-6)
+    assert torch.allclose(loss, patch + 0.5 * glob, atol=1e-6)
+    mean = build_model(CFG, ENC, t)
+    mean.load_state_dict(model.state_dict())  # same weights, head of the block mean: another loss
+    torch.manual_seed(5)
+    assert not torch.allclose(mean(imgs, target)[0], loss, atol=1e-4)
+
+
+@pytest.mark.parametrize("block", [1, 2])
+def test_per_patch_shapes_and_backward(block):
+    t = tiny_teacher()
+    cfg = dataclasses.replace(CFG, merge="per_patch", block_size=block, teacher_img_size=8 * 8 // block)
+    model = build_model(cfg, ENC, t)  # block 1: 8x8 blocks (teacher 64 px); block 2: 4x4 (32 px)
+    assert model.head[0].in_features == 32
+    imgs = torch.randn(2, 3, 32, 32)
+    target = teacher_targets(t, imgs, model.geo)
+    assert target.shape == (2, (8 // block) ** 2, 6)
+    assert model.head(torch.randn(2, 64, 32)).shape == patch_targets(target, model.geo).shape == (2, 64, 6)
+    torch.manual_seed(5)
+    loss, logs = model(imgs, target)
+    loss.backward()
+    assert torch.isfinite(loss) and set(logs) == {"patch_loss", "global_loss"}
+    assert model.decoder.mask_token.grad is not None and model.head[0].weight.grad is not None
+    assert all(p.grad is not None for p in model.encoder.blocks.parameters())
+    if block == 1:  # 1-patch blocks: the three readings coincide
+        for merge in ("mean", "concat"):
+            other = build_model(dataclasses.replace(cfg, merge=merge), ENC, t)
+            other.load_state_dict(model.state_dict())
+            torch.manual_seed(5)
+            assert torch.allclose(other(imgs, target)[0], loss, atol=1e-6)
+
+
+def test_targets_fp32_under_bf16_autocast():
+    t = tiny_teacher()
+    geo = resolve_geometry(CFG, ENC, t)
+    imgs = torch.randn(2, 3, 32, 32)
+    ref = teacher_targets(t, imgs, geo)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert t.tokens(imgs).dtype == torch.bfloat16  # the teacher alone would run in bf16
+        target = teacher_targets(t, imgs, geo)
+    assert target.dtype == torch.float32 and torch.equal(target, ref)  # the fp32 forward, not rounded
+
+
+@pytest.mark.parametrize("merge", ["mean", "per_patch"])
+def test_loss_fp32_under_bf16_autocast(merge):
+    t = tiny_teacher()
+    model = build_model(dataclasses.replace(CFG, merge=merge), ENC, t)
+    imgs = torch.randn(2, 3, 32, 32)
+    target = teacher_targets(t, imgs, model.geo) + 1e-3  # not representable in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(5)
+        loss, logs = model(imgs, target)
+    assert loss.dtype == torch.float32 and all(v.dtype == torch.float32 for v in logs.values())
+    pred = torch.randn(2, 16, 6).bfloat16()
+    bm = torch.ones(2, 16)
+    exact = model.forward_loss(pred, target, bm, None)[0]  # bf16 predictions against fp32 targets
+    assert torch.equal(exact, model.forward_loss(pred.float(), target, bm, None)[0])
+    assert not torch.equal(exact, model.forward_loss(pred.float(), target.bfloat16().float(), bm, None)[0])

@@ -183,7 +183,7 @@ def test_scratch_and_unknown_method(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "scratch takes no params" in res.output
     monkeypatch.chdir(tmp_path)
     res = _pretrain(tmp_path, data, "bert")
-    assert res.exit_code != 0 and "'bert' is not one of 'beit', 'img2vec', 'mae', 'scratch'" in res.output
+    assert res.exit_code != 0 and "'bert' is not one of 'beit', 'img2vec', 'mae', 'official', 'scratch'" in res.output
 
 
 def test_exported_mae_encoder_loads_into_timm(tmp_path):

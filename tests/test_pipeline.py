@@ -161,7 +161,7 @@ toy:
   model: {mask_ratio: 0.5, decoder_dim: 32}
   optim: {epochs: 1, batch_size: 8, base_lr: 1.0e-3}
 """
-TOY_STUDENT = "      toy: {method: toy, input: data/manifest.json}\n"
+TOY_STUDENT = "      toy: {method: toy, input: data/manifest.json, finetune: finetune}\n"
 
 
 def test_a_new_method_is_one_file_one_params_section_one_dvc_line(repo):
@@ -173,7 +173,7 @@ def test_a_new_method_is_one_file_one_params_section_one_dvc_line(repo):
     with open(dst / "params/micro.yaml", "a") as f:
         f.write(TOY_PARAMS)
     text = (dst / "dvc.yaml").read_text()
-    anchor = "      img2vec: {method: img2vec, input: models/teacher/backbone.safetensors}\n"
+    anchor = "      img2vec: {method: img2vec, input: models/teacher/backbone.safetensors, finetune: finetune}\n"
     assert anchor in text
     (dst / "dvc.yaml").write_text(text.replace(anchor, anchor + TOY_STUDENT))
     sh([sys.executable, "scripts/dvc_deps.py", "--check"], dst, env)  # its code is covered as written
@@ -194,3 +194,41 @@ def test_a_new_method_is_one_file_one_params_section_one_dvc_line(repo):
     for column in ("IN top-1 (fine-tune)", "IN linear", "IN k-NN", "COCO AP box", "COCO AP mask", "ADE20K mIoU"):
         assert cells[column] != "", (column, cells)
     assert cells["pretrain epochs"] == "1"
+
+
+def test_an_official_checkpoint_is_one_dvc_line_and_runs_every_downstream_stage(repo):
+    """README "Check the downstream stages with official weights": a fake mae_pretrain_vit_base.pth
+    (MAE's layout: {"model": timm ViT keys}, random tensors, ViT-Ti width) as a `method: official`
+    student is fine-tuned, probed, detected and segmented, with nothing else rerun."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    dst, env = repo
+    if not (dst / "data" / "manifest.json").is_file():
+        sh(["dvc", "repro"], dst, env)
+    sh(["dvc", "repro"], dst, env)  # whatever an earlier test added is built first
+    before = lock(dst)
+    torch.manual_seed(0)
+    ref = VisionTransformer(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3, num_classes=0)
+    (dst / "official").mkdir()
+    torch.save({"model": ref.state_dict()}, dst / "official/mae_pretrain_vit_base.pth")
+    text = (dst / "dvc.yaml").read_text()
+    anchor = "      img2vec: {method: img2vec, input: models/teacher/backbone.safetensors, finetune: finetune}\n"
+    line = "      mae_official: {method: official, input: official/mae_pretrain_vit_base.pth, finetune: finetune}\n"
+    (dst / "dvc.yaml").write_text(text.replace(anchor, anchor + line))
+    sh([sys.executable, "scripts/dvc_deps.py", "--check"], dst, env)
+
+    stale = set(json.loads(sh(["dvc", "status", "--json"], dst, env).stdout))
+    # (tables depends on the metrics folders, which change only once these have run)
+    assert stale == {"pretrain@mae_official", "finetune@mae_official", "probe@mae_official", "detect@mae_official",
+                     "segment@mae_official"}, stale
+    sh(["dvc", "repro"], dst, env)
+    after = lock(dst)
+    assert all(after[name] == st for name, st in before.items() if name != "tables")
+    ft = json.loads((dst / "metrics/finetune/mae_official.json").read_text())
+    assert "pretrain_epochs" not in ft  # an official file does not say; the table shows no number for it
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+            for r in (dst / "results/results.md").read_text().splitlines() if r.startswith("| ")}
+    cells = dict(zip(rows["student"], rows["mae_official"]))
+    for column in ("IN top-1 (fine-tune)", "IN linear", "IN k-NN", "COCO AP box", "COCO AP mask", "ADE20K mIoU"):
+        assert cells[column] != "", (column, cells)

@@ -4,7 +4,9 @@ Layer-wise lr decay, drop path, RandAugment + random erasing (timm's `create_tra
 Mixup/CutMix with label smoothing (timm's `Mixup` + `SoftTargetCrossEntropy`), global
 average pooling of the patch tokens followed by `fc_norm`, and a head initialised with
 std 2e-5 (MAE `main_finetune.py`).  The same recipe fine-tunes every student and the
-random-init `scratch` baseline, so the table compares pretraining only.
+random-init `scratch` baseline, so the table compares pretraining only; the paper profile gives
+BEiT its own recipe (section `finetune_beit`, unilm/beit get_started_for_image_classification.md),
+chosen per student in dvc.yaml and read by `mimrepro finetune --section`.
 """
 from __future__ import annotations
 
@@ -87,6 +89,12 @@ class ViTClassifier(nn.Module):
     def __init__(self, encoder: ViTEncoder, num_classes: int, global_pool: bool = True, head_std: float = 2e-5) -> None:
         super().__init__()
         self.encoder = encoder
+        # MAE fine-tunes the position embedding: models_vit.VisionTransformer (timm's) holds it as a
+        # learnable Parameter, loaded from the pretrained fixed sin-cos table (facebookresearch/mae
+        # main_finetune.py + models_vit.py); no weight decay on it (mim/param_groups.py).  A BEiT
+        # encoder has none: its per-layer relative position tables are learnable Parameters already.
+        if self.encoder.pos_embed is not None:
+            self.encoder.pos_embed.requires_grad_(True)
         self.global_pool = global_pool
         dim = encoder.cfg.embed_dim
         if global_pool:

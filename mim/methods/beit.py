@@ -9,11 +9,13 @@ Masks are drawn in the data pipeline, one per image, as BEiT's `MaskingGenerator
 `DataAugmentationForBEiT` does: blockwise masking is a Python loop per image, which loader
 workers run in parallel, where MAE's and Img2Vec's masks are batched tensor ops in `forward`.
 
-Position embedding: BEiT's ViT-B pretraining recipe uses a relative position bias shared
-across blocks (official unilm/beit scripts; not listed in papers.md).  We keep the shared
-encoder's fixed absolute 2-D sin-cos embedding instead, so the exported encoder has timm
-`VisionTransformer` keys that every downstream stage loads unchanged, and the students differ
-only in their pretraining objective.
+Position: BEiT's pretraining uses a relative position bias shared by all blocks and no absolute
+position embedding (unilm/beit run_beit_pretraining.py: `--rel_pos_bias` on, `--abs_pos_emb`
+off; modeling_pretrain.py `use_shared_rel_pos_bias`), with LayerScale 0.1.  `model.rel_pos_bias`
+and `model.abs_pos` choose it (the defaults are BEiT's; `none` + `true` is the shared encoder's
+fixed sin-cos embedding, which the smoke/micro profiles keep).  The encoder file is written with
+the shared table copied into every block (mim/encoder_file.py), the layout BEiT fine-tunes and
+timm's `beit_base_patch16_224` loads.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,9 @@ class ModelConfig:
     layer_scale: PosFloat = 0.1  # LayerScale init, overrides the encoder section
     drop_path: DropRate = 0.1  # stochastic depth, overrides the encoder section
     init_std: PosFloat = 0.02  # truncated-normal init of linear layers and tokens
+    # unilm/beit run_beit_pretraining.py: --rel_pos_bias (shared by the blocks) on, --abs_pos_emb off
+    rel_pos_bias: Literal["none", "shared", "per_layer"] = "shared"  # overrides the encoder section
+    abs_pos: bool = False  # fixed sin-cos absolute position embedding; overrides the encoder section
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,12 +152,18 @@ class BEiTTransform:
 
 
 def encoder_config(cfg: Config, enc_cfg: ViTConfig) -> ViTConfig:
-    """The shared encoder section with BEiT's layer-scale and drop-path."""
-    return dataclasses.replace(enc_cfg, layer_scale=cfg.model.layer_scale, drop_path=cfg.model.drop_path)
+    """The shared encoder section with BEiT's layer-scale, drop-path and position signal."""
+    m = cfg.model
+    return dataclasses.replace(enc_cfg, layer_scale=m.layer_scale, drop_path=m.drop_path, rel_pos_bias=m.rel_pos_bias,
+                               abs_pos=m.abs_pos)
 
 
 def check(cfg: Config, enc: ViTConfig) -> list[tuple[str, str]]:
-    """Checks against the `encoder` section (before any work): the masked count and the smallest block."""
+    """Checks against the `encoder` section (before any work): the position signal, the masked count
+    and the smallest block."""
+    for key, message in encoder_config(cfg, enc).problems():
+        if key in ("abs_pos", "rel_pos_bias"):
+            return [(f"model.{key}", message)]
     n = num_masked(cfg.model, enc.grid)
     if not 0 < n < enc.num_patches:
         return [("model.mask_ratio", f"{cfg.model.mask_ratio} masks {n} of {enc.num_patches} patches; "

@@ -19,23 +19,39 @@ Where the sources are silent, the choice is marked INTERPRETATION below.
   (`multi_block: false` = last block only, as MAE). Light MAE decoder (mask tokens, sin-cos
   position embedding, depth 2 for ViT-B), then a projection head (Linear-ReLU-Linear) to the
   teacher width.
-* Block alignment (INTERPRETATION; sources say only that the 2x2 patch outputs are merged):
-  `merge: mean` (default) = the mean of the block's b x b decoder outputs goes through the
-  projection head: one head evaluation per teacher token, b^2 fewer head FLOPs than a
-  per-patch head (the 2048-wide head is the costliest part of a small student), and with
-  1-patch blocks (ViT teachers) it is plain per-patch regression as in MAE. `merge: concat`
-  = the block's decoder outputs concatenated (b^2 * decoder_dim) into the head, which keeps
-  where in the block each patch sits.
-* Patch loss: smooth-L1 (beta = 2), mean over channels, averaged over masked blocks only.
+* Block alignment (INTERPRETATION; papers.md says each masked block has one teacher token
+  and the block's 2x2 patch outputs are merged to predict it, which is our reading, not a
+  quote). Three readings, identical for 1-patch blocks (ViT teachers: per-patch regression
+  as in MAE):
+  - `merge: mean` (default) = the mean of the block's b x b decoder outputs goes through the
+    projection head: one prediction per teacher token, b^2 fewer head FLOPs than a per-patch
+    head (the 2048-wide head is the costliest part of a small student).
+  - `merge: concat` = the block's decoder outputs concatenated (b^2 * decoder_dim) into the
+    head, which keeps where in the block each patch sits.
+  - `merge: per_patch` = no merge: every patch's decoder output goes through the head and
+    regresses its block's teacher token (the token repeated b x b times, `patch_targets`).
+* Patch loss: smooth-L1 (beta = 2), mean over channels, then the mean over the masked
+  predictions: masked blocks (mean, concat) or masked patches (per_patch, b^2 per masked
+  block). Every masked block has b^2 patches, so both weigh every masked block alike.
   Global loss: smooth-L1 (same beta; INTERPRETATION) between the global average pool of the
   student over the visible patches (the review's "V") and the pool of all K teacher tokens.
   INTERPRETATION: the student side is the encoder latent (the review: "aggregate the student
   encoder's output") pooled over visible patches, through its own projection head
   (`global_source: encoder`); `global_source: decoder` pools the head's predictions over the
-  visible blocks instead. loss = patch + lambda * global, lambda = 0.5 (`global_weight`, 0 = off).
+  visible blocks (patches for per_patch) instead; the target is the same for all merges.
+  loss = patch + lambda * global, lambda = 0.5 (`global_weight`, 0 = off).
 * Targets are not normalised by default (the sources name none); `target_norm: layernorm`
   applies a LayerNorm without affine per teacher token.
-* Targets are recomputed every step (no on-disk cache).
+* Targets are recomputed every step (no on-disk cache), in float32 even under bf16 autocast
+  (`run.amp`, CUDA): the teacher forward runs with autocast off, and the smooth-L1 compares
+  fp32 predictions with fp32 targets. Measured on CPU (torch.autocast("cpu", bf16), timm
+  resnet50 randomly initialised with / without zero_init_last, 4 images of 224 px, 7x7x2048
+  tokens): the bf16 teacher forward is off by a median 0.5% / 1.0% per token (relative L2,
+  max 0.6% / 1.2%; per element median 0.5% / 1.0%, far more near zero); fp32 targets
+  rounded to bf16 (the former `target.to(pred.dtype)`) by 0.17%. For a prediction = fp32
+  target + 0.1 std of noise, the smooth-L1 moves by 0.4% / 1.5% with the bf16 teacher (0.04%
+  with rounded targets); with 1 std of noise by 0.004% / 0.012%. On CUDA, cuDNN may still run
+  the fp32 convolutions in TF32 (torch's default `cudnn.allow_tf32`): 10 mantissa bits, bf16 7.
 """
 from __future__ import annotations
 
@@ -69,7 +85,7 @@ class ModelConfig:
     decoder_depth: NonNegInt = 2
     decoder_heads: PosInt = 16
     head_hidden: NonNegInt = 0  # projection head hidden width; 0 = teacher width
-    merge: Literal["mean", "concat"] = "mean"  # a block's decoder outputs -> head: mean or concatenation
+    merge: Literal["mean", "concat", "per_patch"] = "mean"  # a block's decoder outputs -> head (see module doc)
     multi_block: bool = True  # average all encoder blocks (False: last block, as MAE)
     beta: PosFloat = 2.0  # smooth-L1 beta
     global_weight: NonNegFloat = 0.5  # lambda; 0 = no global loss
@@ -156,20 +172,30 @@ def projection_head(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
 
 @torch.no_grad()
 def teacher_targets(teacher: Teacher, imgs: torch.Tensor, geo: Geometry, target_norm: str = "none") -> torch.Tensor:
-    """Teacher tokens of the full image, one per mask block: (N, 3, H, W) -> (N, B, C), raster order."""
-    x = imgs
-    if x.shape[-1] != geo.teacher_img_size:
-        x = F.interpolate(x, size=(geo.teacher_img_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
-    if not isinstance(teacher.backbone, ViTEncoder):
-        x = x.contiguous(memory_format=torch.channels_last)  # ~1.3x faster CNN on CPU (see task)
-    tok = teacher.tokens(x).float()  # (N, h, w, C)
-    if target_norm == "layernorm":
-        tok = F.layer_norm(tok, tok.shape[-1:])
-    elif target_norm != "none":
-        raise MimError(f"unknown img2vec.model.target_norm {target_norm!r}; choose none or layernorm")
-    if geo.pool > 1:
-        tok = F.avg_pool2d(tok.permute(0, 3, 1, 2), geo.pool).permute(0, 2, 3, 1)  # (N, nb, nb, C)
-    return tok.flatten(1, 2)  # (N, B, C)
+    """Teacher tokens of the full image, one per mask block: (N, 3, H, W) -> (N, B, C) float32, raster order.
+
+    Runs in float32 with autocast off, also inside the engine's bf16 autocast (module doc)."""
+    with torch.autocast(imgs.device.type, enabled=False):
+        x = imgs.float()
+        if x.shape[-1] != geo.teacher_img_size:
+            x = F.interpolate(x, size=(geo.teacher_img_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        if not isinstance(teacher.backbone, ViTEncoder):
+            x = x.contiguous(memory_format=torch.channels_last)  # ~1.3x faster CNN on CPU (see task)
+        tok = teacher.tokens(x).float()  # (N, h, w, C)
+        if target_norm == "layernorm":
+            tok = F.layer_norm(tok, tok.shape[-1:])
+        elif target_norm != "none":
+            raise MimError(f"unknown img2vec.model.target_norm {target_norm!r}; choose none or layernorm")
+        if geo.pool > 1:
+            tok = F.avg_pool2d(tok.permute(0, 3, 1, 2), geo.pool).permute(0, 2, 3, 1)  # (N, nb, nb, C)
+        return tok.flatten(1, 2)  # (N, B, C)
+
+
+def patch_targets(target: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """(N, B, C) one token per block -> (N, L, C) per patch, raster order: each patch gets its block's token."""
+    n, nb, b, c = target.shape[0], geo.blocks_per_side, geo.block, target.shape[-1]
+    t = target.view(n, nb, 1, nb, 1, c).expand(n, nb, b, nb, b, c)  # (N, block row, row in block, block col, col in block, C)
+    return t.reshape(n, geo.grid * geo.grid, c)
 
 
 def smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
@@ -185,7 +211,7 @@ class Img2Vec(nn.Module):
         d, dd = enc_cfg.embed_dim, cfg.decoder_dim
         hidden = cfg.head_hidden or teacher_dim
         self.decoder = MAEDecoder(d, geo.grid, dd, cfg.decoder_depth, cfg.decoder_heads)
-        head_in = dd * geo.block**2 if cfg.merge == "concat" else dd
+        head_in = dd * geo.block**2 if cfg.merge == "concat" else dd  # mean, per_patch: one decoder output
         self.head = projection_head(head_in, hidden, teacher_dim)
         use_global_head = cfg.global_weight > 0 and cfg.global_source == "encoder"
         self.global_head = projection_head(d, hidden, teacher_dim) if use_global_head else None
@@ -216,34 +242,38 @@ class Img2Vec(nn.Module):
         return self.decoder(latent, ids_restore)[:, 1:]
 
     def predict_blocks(self, dec: torch.Tensor) -> torch.Tensor:
-        """(N, L, Dd) patch outputs -> (N, B, C) one prediction per block (its teacher token)."""
+        """(N, L, Dd) patch outputs -> (N, B, C) one prediction per block (its teacher token); merge mean or concat."""
         g = patches_to_blocks(dec, self.geo.grid, self.geo.block)  # (N, B, b*b, Dd)
         if self.cfg.merge == "mean":
             return self.head(g.mean(2))
         if self.cfg.merge == "concat":
             return self.head(g.flatten(2))
-        raise MimError(f"unknown img2vec.model.merge {self.cfg.merge!r}; choose mean or concat")
+        raise MimError(f"unknown img2vec.model.merge {self.cfg.merge!r} for block predictions; choose mean or concat")
 
-    def forward_global(self, latent: torch.Tensor, pred: torch.Tensor, block_mask: torch.Tensor) -> torch.Tensor:
-        """(N, C) pooled student output over the visible part."""
+    def forward_global(self, latent: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(N, C) pooled student output over the visible part; pred (N, K, C), mask (N, K), K = blocks or patches."""
         if self.cfg.global_source == "encoder":
             assert self.global_head is not None
             return self.global_head(latent[:, 1:].mean(1))  # GAP over visible patches, cls excluded
         if self.cfg.global_source == "decoder":
-            vis = (1 - block_mask).unsqueeze(-1)  # (N, B, 1)
+            vis = (1 - mask).unsqueeze(-1)  # (N, K, 1)
             return (pred * vis).sum(1) / vis.sum(1)
         raise MimError(f"unknown img2vec.model.global_source {self.cfg.global_source!r}; choose encoder or decoder")
 
     def forward_loss(
-        self, pred: torch.Tensor, target: torch.Tensor, block_mask: torch.Tensor, g_pred: torch.Tensor | None
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, g_pred: torch.Tensor | None,
+        g_target: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """pred/target (N, B, C); block_mask (N, B) 1 = masked; g_pred (N, C) or None."""
-        per_block = smooth_l1(pred, target, self.cfg.beta).mean(-1)  # (N, B)
-        patch = (per_block * block_mask).sum() / block_mask.sum()  # masked blocks only
+        """pred/target (N, K, C), one row per prediction: K = blocks (mean, concat) or patches (per_patch);
+        mask (N, K) 1 = masked; g_pred (N, C) or None; g_target (N, C), default target.mean(1). All in fp32."""
+        pred, target = pred.float(), target.float()
+        per_pred = smooth_l1(pred, target, self.cfg.beta).mean(-1)  # (N, K) mean over channels
+        patch = (per_pred * mask).sum() / mask.sum()  # mean over the masked predictions only
         logs = {"patch_loss": patch.detach()}
         loss = patch
         if g_pred is not None:
-            glob = smooth_l1(g_pred, target.mean(1), self.cfg.beta).mean()  # teacher GAP over all K tokens
+            g_target = target.mean(1) if g_target is None else g_target.float()  # teacher GAP over all its tokens
+            glob = smooth_l1(g_pred.float(), g_target, self.cfg.beta).mean()
             loss = loss + self.cfg.global_weight * glob
             logs["global_loss"] = glob.detach()
         return loss, logs
@@ -255,9 +285,14 @@ class Img2Vec(nn.Module):
         ids_keep, mask, ids_restore = self.mask(n, imgs.device)
         block_mask = mask.view(n, nb, geo.block, nb, geo.block)[:, :, 0, :, 0].reshape(n, nb * nb)  # (N, B)
         latent = self.forward_encoder(imgs, ids_keep)
-        pred = self.predict_blocks(self.forward_decoder(latent, ids_restore))  # (N, B, C)
-        g_pred = self.forward_global(latent, pred, block_mask) if self.cfg.global_weight > 0 else None
-        return self.forward_loss(pred, target.to(pred.dtype), block_mask, g_pred)
+        dec = self.forward_decoder(latent, ids_restore)  # (N, L, Dd)
+        target = target.float()  # fp32 targets, never rounded to the autocast dtype
+        if self.cfg.merge == "per_patch":  # every patch regresses its block's token
+            pred, tgt, m = self.head(dec).float(), patch_targets(target, geo), mask  # (N, L, C), (N, L, C), (N, L)
+        else:  # one prediction per block
+            pred, tgt, m = self.predict_blocks(dec).float(), target, block_mask  # (N, B, C), (N, B, C), (N, B)
+        g_pred = self.forward_global(latent, pred, m) if self.cfg.global_weight > 0 else None
+        return self.forward_loss(pred, tgt, m, g_pred, g_target=target.mean(1))  # global target: GAP of the K teacher tokens
 
 
 def build_model(cfg: ModelConfig, enc_cfg: ViTConfig, teacher: Teacher) -> Img2Vec:

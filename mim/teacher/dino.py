@@ -19,6 +19,7 @@ randomness comes from torch's global generator, so a resumed epoch sees the same
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -100,12 +101,29 @@ class KNNConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    """The `dino` params section."""
+    """The `dino` params section.
+
+    `source: import` skips training: the stage converts the official DINO ResNet-50 weights at
+    `checkpoint` (a local file: dino_resnet50_pretrain.pth or the full checkpoint; nothing is
+    downloaded) into the same teacher file (mim/teacher/official_dino.py).
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig
     knn: KNNConfig = field(default_factory=KNNConfig)
+    source: Literal["train", "import"] = "train"
+    checkpoint: str | None = None  # the official checkpoint, for source import
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.source != "import":
+            return []
+        if not self.checkpoint:
+            return [("checkpoint", "source import needs the path of the official DINO ResNet-50 checkpoint "
+                                   "(dino_resnet50_pretrain.pth, downloaded by you); or set source: train")]
+        if self.model.arch != "resnet50":
+            return [("model.arch", f"{self.model.arch!r}: source import converts the official ResNet-50 only; set resnet50")]
+        return []
 
 
 # --- multi-crop augmentation --------------------------------------------------------------------
@@ -190,8 +208,13 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mlp(x)  # (N, bottleneck)
-        x = F.normalize(x, dim=-1, p=2)
-        return self.last_layer(x)  # (N, K)
+        # The weight-normed last layer and the logits in float32 even under autocast: DINO trains
+        # under fp16 autocast (main_dino.py) with the loss's softmax in fp32 by autocast's op list; the
+        # bf16 autocast the engine uses has 3 mantissa bits fewer than fp16, and the logits are divided
+        # by tau_t = 0.04 (x25) before the softmax over K.
+        with torch.autocast(x.device.type, enabled=False):
+            x = F.normalize(x.float(), dim=-1, p=2)
+            return self.last_layer(x)  # (N, K) float32
 
 
 def _init_linear(m: nn.Module) -> None:
@@ -249,8 +272,8 @@ class DINOLoss(nn.Module):
         self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """student_out (n_crops*B, K), teacher_out (n_global*B, K), both crop-major."""
-        s = (student_out / self.student_temp).chunk(self.n_crops)  # n_crops x (B, K)
-        t_logits = ((teacher_out - self.center) / teacher_temp).float()
+        s = (student_out.float() / self.student_temp).chunk(self.n_crops)  # n_crops x (B, K), float32 logits
+        t_logits = (teacher_out.float() - self.center) / teacher_temp
         t = F.softmax(t_logits, dim=-1).detach().chunk(self.n_global)  # n_global x (B, K)
         total = student_out.new_zeros(())
         n_pairs = 0
@@ -258,7 +281,7 @@ class DINOLoss(nn.Module):
             for v in range(self.n_crops):
                 if v == iq:  # the same view seen by both networks: skipped
                     continue
-                log_p = F.log_softmax(s[v].float(), dim=-1)
+                log_p = F.log_softmax(s[v], dim=-1)
                 ce = torch.sum(-q * log_p, dim=-1).mean()
                 total = total + ce
                 n_pairs += 1
@@ -267,7 +290,7 @@ class DINOLoss(nn.Module):
             log_q = F.log_softmax(t_logits, dim=-1)
             entropy = -(log_q.exp() * log_q).sum(-1).mean()  # H(P_t): log K if uniform, 0 if one-hot
             kl = total.detach() - entropy  # mean over pairs of KL(P_t || P_s) = CE - H(P_t)
-        self.update_center(teacher_out)
+        self.update_center(teacher_out.float())
         return total, {"teacher_entropy": entropy, "kl": kl}
 
     @torch.no_grad()

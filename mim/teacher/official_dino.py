@@ -9,6 +9,9 @@ Two layouts of facebookresearch/dino are accepted:
 
 torchvision and timm name ResNet-50 parameters identically, so conversion strips prefixes,
 drops the DINO head and any classifier, and loads strictly into timm `resnet50`.
+
+`import_teacher` is the backend of both `mimrepro import-teacher` (ad hoc) and the
+pretrain-teacher stage with `dino.source: import` (the params switch `dvc repro` follows).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 
 from mim.checkpoint import load_error, load_strict
 from mim.errors import MimError
+from mim.files import file_sha256
 from mim.teacher.frozen import save_timm_backbone, timm_backbone
 
 DROP_PREFIXES = ("head.", "fc.")
@@ -28,7 +32,7 @@ def read_official(path: Path) -> dict[str, object]:
     """torch.load with weights_only; the full checkpoint also pickles an argparse.Namespace."""
     path = Path(path)
     if not path.is_file():
-        raise MimError(f"DINO checkpoint not found: {path}")
+        raise MimError(f"DINO checkpoint not found: {path} (download dino_resnet50_pretrain.pth from the DINO README yourself)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -66,7 +70,11 @@ def load_official_resnet50(path: Path, which: str = "teacher") -> torch.nn.Modul
     return model
 
 
-def import_teacher(src: Path, out: Path, which: str = "teacher") -> None:
-    """Write the official DINO ResNet-50 weights as our teacher backbone file."""
+def import_teacher(src: Path, out: Path, which: str = "teacher", name: str = "dino_rn50") -> dict[str, str | float]:
+    """Write the official DINO ResNet-50 weights as our teacher backbone file; returns what was
+    measured of them (the source file's sha256, the backbone's parameters in millions)."""
     model = load_official_resnet50(src, which)
-    save_timm_backbone(out, model, "resnet50", extra={"name": "dino_rn50", "source": f"official DINO ({which}): {Path(src).name}"})
+    sha = file_sha256(Path(src))
+    save_timm_backbone(out, model, "resnet50", extra={"name": name, "source": f"official DINO ({which}): {Path(src).name}",
+                                                      "source_sha256": sha})
+    return {"checkpoint_sha256": sha, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
