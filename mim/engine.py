@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import itertools
 import math
 import os
 import random
@@ -40,20 +41,26 @@ from mim.errors import MimError
 from mim.files import RunLock, atomic_write, write_json
 from mim.lars import LARS
 from mim.param_groups import weight_decay_groups
-from mim.schedules import cosine_schedule
+from mim.schedules import Budget, cosine_schedule, length_problems, resolve
 
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    """Optimizer and schedule.  lr = base_lr * effective_batch / 256 (MAE/DINO convention)."""
+    """Optimizer and schedule.  lr = base_lr * effective_batch / 256 (MAE/DINO convention).
 
-    epochs: PosInt
+    The run's length is `epochs` or `steps` (optimizer steps), exactly one; the warm-up
+    `warmup_epochs` or `warmup_steps` (neither: none).  `budget` resolves them against the data
+    (mim/schedules.py): the schedules span the total steps either way."""
+
+    epochs: PosInt | None = None  # passes over the data: the cost grows with the dataset
+    steps: PosInt | None = None  # optimizer steps: the cost stays put; the last epoch is cut short
     batch_size: PosInt  # images per optimizer step, summed over processes and accumulation
     base_lr: PosFloat
     accum_steps: PosInt = 1
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"  # lars: mim/lars.py (DINO's ResNet-50 recipe)
     min_lr: NonNegFloat = 0.0
-    warmup_epochs: NonNegFloat = 0.0
+    warmup_epochs: NonNegFloat | None = None  # linear warm-up in epochs, or
+    warmup_steps: NonNegInt | None = None  # in optimizer steps (at most one; neither = no warm-up)
     weight_decay: NonNegFloat = 0.05
     weight_decay_end: NonNegFloat | None = None  # cosine wd schedule (DINO); None = constant
     betas: Betas = (0.9, 0.95)
@@ -66,9 +73,12 @@ class OptimConfig:
         out = []
         if self.batch_size % self.accum_steps:
             out.append(("accum_steps", f"{self.accum_steps} does not divide batch_size {self.batch_size}"))
-        if self.warmup_epochs > self.epochs:
-            out.append(("warmup_epochs", f"{self.warmup_epochs:g} is longer than the run's {self.epochs} epochs"))
-        return out
+        return out + length_problems(self.epochs, self.steps, self.warmup_epochs, self.warmup_steps)
+
+    def budget(self, loader_batches: int) -> Budget:
+        """Epochs, total and warm-up steps when an epoch is `loader_batches` batches (Task.steps_per_epoch)."""
+        return resolve(max(1, loader_batches // self.accum_steps), epochs=self.epochs, steps=self.steps,
+                       warmup_epochs=self.warmup_epochs, warmup_steps=self.warmup_steps)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +117,13 @@ class Task:
     evaluate: Callable[[int], dict[str, float]] | None = None  # epoch -> metrics
     extra_state: dict[str, Any] = field(default_factory=dict)  # objects with state_dict()
     info: dict[str, str] = field(default_factory=dict)  # facts about the run, recorded with its outputs
+
+    @property
+    def budget(self) -> Budget:
+        """The run's epochs and optimizer steps on this data (what `fit` runs)."""
+        if self.optim is None:
+            raise MimError("the task has no optimizer: nothing to train")
+        return self.optim.budget(self.steps_per_epoch)
 
 
 def scaled_lr(cfg: OptimConfig) -> float:
@@ -200,7 +217,7 @@ def make_task(
 # --- training ---------------------------------------------------------------------------------
 def fit(task: Task, run: RunConfig, *, checkpoint: Path, log_dir: Path, config: dict[str, Any], desc: str,
         lock: RunLock | None = None) -> dict[str, float]:
-    """Train `task` for task.optim.epochs; returns the last epoch's metrics.
+    """Train `task` for its budget (task.optim's epochs or steps); returns the last epoch's metrics.
 
     The run's state is held with `lock` (default: a lock file beside the checkpoint) while it trains,
     so a second run of the same stage refuses instead of writing the same checkpoint."""
@@ -221,9 +238,9 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
 
     opt = _make_optimizer(task.param_groups, optim)
-    updates_per_epoch = max(1, task.steps_per_epoch // optim.accum_steps)
-    total = optim.epochs * updates_per_epoch
-    lr_sched = cosine_schedule(scaled_lr(optim), optim.min_lr, total, int(optim.warmup_epochs * updates_per_epoch))
+    budget = task.budget  # epochs, or steps: the last epoch stops at the budget
+    updates_per_epoch, total, epochs = budget.steps_per_epoch, budget.total_steps, budget.epochs
+    lr_sched = cosine_schedule(scaled_lr(optim), optim.min_lr, total, budget.warmup_steps)
     wd_end = optim.weight_decay if optim.weight_decay_end is None else optim.weight_decay_end
     wd_sched = cosine_schedule(optim.weight_decay, wd_end, total, 0)
 
@@ -233,13 +250,13 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
     start_epoch = 0
     hint = "it is this run's resume checkpoint: move it away (or delete it) to start the run afresh"
     state = load_checkpoint(checkpoint, hint) if checkpoint.is_file() else None
-    if state is not None and state.get("config") == config and state["epoch"] + 1 <= optim.epochs:
+    if state is not None and state.get("config") == config and state["epoch"] + 1 <= epochs:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         for name, obj in task.extra_state.items():
             obj.load_state_dict(state["extra"][name])
         start_epoch = state["epoch"] + 1
-        _say(f"{desc}: resuming from {checkpoint} after epoch {start_epoch}/{optim.epochs}")
+        _say(f"{desc}: resuming from {checkpoint} after epoch {start_epoch}/{epochs}")
     elif state is not None:
         _say(f"{desc}: {checkpoint} holds another config; starting afresh")
 
@@ -252,18 +269,17 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
     use_amp = run.amp and dev.type == "cuda"
     guard = DivergenceGuard(run.divergence)
     last_good = f"the checkpoint of epoch {start_epoch} is kept" if start_epoch else "no checkpoint was written"
-    for epoch in range(start_epoch, optim.epochs):
+    for epoch in range(start_epoch, epochs):
+        batches = budget.steps_in(epoch) * optim.accum_steps  # loader batches: fewer in a step budget's last epoch
         seed_everything(epoch_seed(run.seed, epoch))
         model.train()
         sums: dict[str, float] = {}
         n = 0
         if task.on_epoch is not None:
             task.on_epoch(epoch)
-        progress = _progress(task.loader(epoch), total=task.steps_per_epoch, desc=f"{desc} {epoch + 1}/{optim.epochs}")
+        progress = _progress(itertools.islice(task.loader(epoch), batches), total=batches, desc=f"{desc} {epoch + 1}/{epochs}")
         opt.zero_grad(set_to_none=True)
-        for i, batch in enumerate(progress):
-            if i >= updates_per_epoch * optim.accum_steps:
-                break
+        for i, batch in enumerate(progress):  # no batch drawn past the budget (nor its augmentation)
             it = epoch * updates_per_epoch + i // optim.accum_steps
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, logs = task.step(train_model, _to(batch, dev))

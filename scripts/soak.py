@@ -75,6 +75,7 @@ def workspace(root: Path, epochs: int = EPOCHS) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((ROOT / "params" / "micro.yaml").read_text())
     for stage in STAGES.values():
+        params[stage.section]["optim"].pop("steps", None)  # a step budget becomes this epoch budget
         params[stage.section]["optim"]["epochs"] = epochs
     params["dino"]["model"]["freeze_last_layer_epochs"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

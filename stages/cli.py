@@ -39,6 +39,7 @@ def profile(name: str | None) -> None:
     click.echo(f"profile: {name} (params/{name}.yaml); run `dvc repro` to rebuild what changed")
 
 # One command per DVC stage (each module keeps its heavy imports inside the command).
+from stages.budget import budget  # noqa: E402
 from stages.check_params import check_params  # noqa: E402
 from stages.detect import detect  # noqa: E402
 from stages.finetune import finetune  # noqa: E402
@@ -54,7 +55,7 @@ from stages.tokenizer import convert_dalle, tokenizer  # noqa: E402
 
 for _command in (check_params, prepare_data, pretrain_teacher, import_teacher, tokenizer, convert_dalle, pretrain_student, import_student,
                  token_diversity,
-                 finetune, probe, detect, segment, tables):
+                 finetune, probe, detect, segment, tables, budget):
     main.add_command(_command)
 
 

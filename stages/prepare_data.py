@@ -39,3 +39,23 @@ def prepare_data(params_path: Path, out: Path, cache: Path | None) -> None:
         skipped = f" ({len(m.skipped[name])} unusable files skipped)" if m.skipped.get(name) else ""
         click.echo(f"{name:8s} {kind:9s} {getattr(m, name + '_classes')} classes, {counts} images{skipped}: {root}")
     click.echo(f"wrote {out / 'manifest.json'} in {time.perf_counter() - t0:.1f} s")
+    print_budget(params_path, out / "manifest.json")
+
+
+def print_budget(params_path: Path, manifest: Path) -> None:
+    """The optimizer steps per training stage on this data (`mimrepro budget`), when stdout is a terminal.
+
+    Run as a process of its own: the table reads every training section and imports the training
+    code, which prepare-data itself must not (dvc.yaml would have to list them, and every optim or
+    engine edit would rerun prepare-data).  It is a report on stdout, not an output.  Elsewhere
+    (logs, tests) its ~5 s of imports are spared and one line says how to print it."""
+    argv = ["budget", "--params", str(params_path), "--data", str(manifest)]
+    if not sys.stdout.isatty():
+        import shlex
+
+        click.echo(f"optimizer steps per training stage on this data: mimrepro {shlex.join(argv)}")
+        return
+    import subprocess
+
+    if subprocess.run([sys.executable, "-m", "stages.cli", *argv], check=False).returncode:
+        click.echo("prepare-data is done; only its budget table failed (the error above)")

@@ -66,7 +66,7 @@ def pretrain_student(method: str, name: str, data: Path, input_path: Path | None
     else:  # nothing to train: an empty run folder, so every student's DVC entry has one shape
         run_dir.mkdir(parents=True, exist_ok=True)
     if is_main():
-        epochs = str(t.optim.epochs if t.optim is not None else 0)  # shown next to the student's results
+        epochs = str(t.budget.epochs if t.optim is not None else 0)  # shown next to the student's results
         save_encoder(out, t.model.encoder.cpu(), extra={"student": name, "method": method, "params": str(params_path),
                                                         "pretrain_epochs": epochs, **t.info})
         click.echo(f"{name}: encoder written to {out}")

@@ -50,7 +50,7 @@ def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metric
     save_timm_backbone(out, backbone, cfg.model.arch, extra={"name": name, "params": str(params_path)})
     summary = {
         "arch": cfg.model.arch,
-        "epochs": cfg.optim.epochs,
+        "epochs": t.budget.epochs,
         "train_images": int(t.info["train_images"]),
         "val_images": int(t.info["val_images"]),
         "params_m": round(sum(p.numel() for p in backbone.parameters()) / 1e6, 2),

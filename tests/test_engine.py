@@ -10,7 +10,7 @@ from mim.checkpoint import load_checkpoint
 from mim.engine import OptimConfig, RunConfig, Task, fit, inputs_fingerprint, make_task
 from mim.errors import MimError
 from mim.param_groups import weight_decay_groups
-from mim.schedules import cosine_schedule
+from mim.schedules import Budget, cosine_schedule
 
 OPTIM = OptimConfig(epochs=3, batch_size=4, base_lr=0.5, warmup_epochs=1, weight_decay=0.05)
 RUN = RunConfig(seed=3)
@@ -283,3 +283,137 @@ def test_clip_mode_is_checked():
         from_dict(OptimConfig, {"epochs": 1, "batch_size": 4, "base_lr": 0.1, "clip_mode": "layer"})
     with pytest.raises(ConfigError, match="optimizer"):
         from_dict(OptimConfig, {"epochs": 1, "batch_size": 4, "base_lr": 0.1, "optimizer": "lamb"})
+
+
+# --- budgets in epochs or in optimizer steps (mim/schedules.py resolve) -----------------------------------
+def spy_steps(monkeypatch) -> list[list[tuple[float, float]]]:
+    """(lr, weight decay) of every param group at each optimizer step fit takes."""
+    import mim.engine
+
+    seen: list[list[tuple[float, float]]] = []
+    real = mim.engine._make_optimizer
+
+    def make(groups, cfg):
+        opt = real(groups, cfg)
+        step = opt.step
+
+        def recording_step(*a, **k):
+            seen.append([(g["lr"], g["weight_decay"]) for g in opt.param_groups])
+            return step(*a, **k)
+
+        opt.step = recording_step
+        return opt
+
+    monkeypatch.setattr(mim.engine, "_make_optimizer", make)
+    return seen
+
+
+EPOCH_FORM = dict(epochs=3, warmup_epochs=1)  # toy_task: 4 optimizer steps per epoch -> 12 steps, 4 of warm-up
+
+
+@pytest.mark.parametrize("form", [dict(steps=12, warmup_steps=4), dict(steps=12, warmup_epochs=1), dict(epochs=3, warmup_steps=4)])
+def test_a_step_budget_runs_the_epoch_budget_of_the_same_total_steps(tmp_path, monkeypatch, form):
+    seen = spy_steps(monkeypatch)
+    common = dict(batch_size=4, base_lr=0.5, weight_decay=0.05, weight_decay_end=0.4, min_lr=1e-3)
+    by_epochs, by_steps = toy_task(optim=OptimConfig(**EPOCH_FORM, **common)), toy_task(optim=OptimConfig(**form, **common))
+    run(by_epochs, tmp_path / "epochs")
+    epoch_sched = list(seen)
+    seen.clear()
+    run(by_steps, tmp_path / "steps")
+    assert seen == epoch_sched and len(seen) == 12
+    lr = cosine_schedule(0.5 * 4 / 256, 1e-3, 12, 4)  # the reference: warm-up + cosine over the 12 steps
+    wd = cosine_schedule(0.05, 0.4, 12, 0)
+    assert [s[1][0] for s in seen] == [float(x) for x in lr] and [s[1][1] for s in seen] == [float(x) for x in wd]
+    assert seen[0][0] == (0.0, 0.0)  # the bias group: no weight decay
+    for a, b in zip(by_epochs.model.state_dict().values(), by_steps.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_step_budget_stops_mid_epoch_and_resumes_bit_identically(tmp_path, monkeypatch):
+    seen = spy_steps(monkeypatch)
+    optim = OptimConfig(steps=10, warmup_steps=3, batch_size=4, base_lr=0.5)  # 4 steps per epoch: 4 + 4 + 2
+    assert toy_task(optim=optim).budget == Budget(steps_per_epoch=4, epochs=3, total_steps=10, warmup_steps=3)
+    full = toy_task(optim=optim)
+    metrics = run(full, tmp_path / "full")
+    assert len(seen) == 10 and metrics["val"] == 2.0
+    assert [s[1][0] for s in seen] == [float(x) for x in cosine_schedule(0.5 * 4 / 256, 0.0, 10, 3)]
+    assert metrics["lr"] == seen[-1][1][0]  # the last epoch's lr is that of step 10, not of a full epoch's end
+    assert load_checkpoint(tmp_path / "full" / "ckpt.pt")["epoch"] == 2
+
+    seen.clear()
+    with pytest.raises(Boom):
+        run(toy_task(crash_after_epoch=1, optim=optim), tmp_path / "resumed")  # killed before epoch 2's checkpoint
+    assert len(seen) == 8
+    seen.clear()
+    resumed = toy_task(optim=optim)
+    assert run(resumed, tmp_path / "resumed") == metrics
+    assert len(seen) == 4 + 2  # epoch 2 again, then the partial epoch 3
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+    seen.clear()
+    again = toy_task(optim=optim)  # the checkpoint after the partial last epoch is the finished run
+    assert run(again, tmp_path / "resumed") == metrics and seen == []
+    for a, b in zip(full.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_step_budget_draws_no_batch_past_it(tmp_path):
+    task = toy_task(optim=OptimConfig(steps=5, batch_size=4, accum_steps=2, base_lr=0.5))  # 4 batches = 2 steps per epoch
+    drawn = []
+    loader = task.loader
+    task.loader = lambda epoch: (drawn.append(epoch) or b for b in loader(epoch))
+    run(task, tmp_path)
+    assert task.budget == Budget(steps_per_epoch=2, epochs=3, total_steps=5, warmup_steps=0)
+    assert drawn == [0] * 4 + [1] * 4 + [2] * 2  # accumulation: 2 batches per step, none drawn past the 5th step
+
+
+def test_the_length_is_epochs_or_steps(tmp_path):
+    from mim.config import from_dict
+    from mim.errors import ConfigError
+
+    base = {"batch_size": 4, "base_lr": 0.1}
+    with pytest.raises(ConfigError, match=r"^o\.steps: 12 given with epochs 3: give the run's length as epochs or as steps "
+                                          r"\(optimizer steps\), not both$"):
+        from_dict(OptimConfig, {**base, "epochs": 3, "steps": 12}, "o")
+    with pytest.raises(ConfigError, match=r"^o\.epochs: required key is missing \(or give the run's length in optimizer steps as steps\)$"):
+        from_dict(OptimConfig, base, "o")
+    with pytest.raises(ConfigError, match=r"^o\.warmup_steps: 2 given with warmup_epochs 1: give the warm-up as warmup_epochs or "
+                                          r"as warmup_steps, not both$"):
+        from_dict(OptimConfig, {**base, "steps": 12, "warmup_epochs": 1, "warmup_steps": 2}, "o")
+    with pytest.raises(ConfigError, match=r"^o\.warmup_steps: 20 is longer than the run's 12 steps$"):
+        from_dict(OptimConfig, {**base, "steps": 12, "warmup_steps": 20}, "o")
+    with pytest.raises(ConfigError, match=r"^o\.steps: 0 is outside \[1, inf\)$"):
+        from_dict(OptimConfig, {**base, "steps": 0}, "o")
+    mixed = from_dict(OptimConfig, {**base, "steps": 12, "warmup_epochs": 2}, "o")  # 2 epochs: known once the data is
+    assert mixed.budget(5).warmup_steps == 10
+    with pytest.raises(MimError, match=r"the warm-up of 16 steps is longer than the run's 12 steps"):
+        mixed.budget(8)
+    assert OptimConfig(epochs=2, warmup_epochs=0.5, batch_size=4, accum_steps=2, base_lr=0.1).budget(15) == Budget(
+        steps_per_epoch=7, epochs=2, total_steps=14, warmup_steps=3)  # 15 batches of 2 -> 7 steps of 4 images
+
+
+def test_dinos_teacher_momentum_and_temperature_follow_a_step_budget(tmp_path):
+    """DINO's per-step EMA momentum spans the total steps, and its per-epoch teacher temperature the epochs they cover."""
+    from imagefolders import make_imagenet
+    from mim.data.images import DataRoot
+    from mim.teacher import dino
+
+    make_imagenet(tmp_path / "img", classes=2, train=4, val=1, size=32)  # 8 images, batch 4: 2 steps per epoch
+
+    def teacher(optim: dict, name: str) -> tuple[list[float], list[float]]:
+        cfg = dino.Config(model=dino.ModelConfig(arch="test_resnet", head=dino.HeadConfig(out_dim=16, hidden_dim=8, bottleneck_dim=4),
+                                                 warmup_teacher_temp=0.02, teacher_temp=0.06, warmup_teacher_temp_epochs=2),
+                          data=dino.DataConfig(global_size=32, local_size=16, n_local=1),
+                          optim=OptimConfig(batch_size=4, base_lr=0.03, optimizer="sgd", **optim), knn=dino.KNNConfig(k=2))
+        t = dino.task(cfg, RunConfig(), DataRoot(tmp_path / "img"))
+        momenta, temps = [], []
+        update, on_epoch = t.model.update_teacher, t.on_epoch
+        t.model.update_teacher = lambda m: (momenta.append(m), update(m))
+        t.on_epoch = lambda epoch: (on_epoch(epoch), temps.append(t.model.teacher_temp))
+        fit(t, RunConfig(), checkpoint=tmp_path / name / "c.pt", log_dir=tmp_path / name, config={}, desc=name)
+        return momenta, temps
+
+    assert teacher({"epochs": 2}, "e") == ([float(m) for m in dino.momentum_schedule(dino.ModelConfig(), 4)], [0.02, 0.06])
+    # 2 + 1 steps: the second epoch partial; the momentum schedule spans the 3 steps (not the 4 of 2 full epochs)
+    assert teacher({"steps": 3}, "s") == ([float(m) for m in dino.momentum_schedule(dino.ModelConfig(), 3)], [0.02, 0.06])

@@ -1,15 +1,39 @@
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+from mim.data.manifest import read_manifest
 from mim.methods import mae
-from mim.report.tables import COLUMNS, Column, build_table, find_students, sources_note, to_csv, to_markdown
+from mim.report.tables import COLUMNS, PAPER_DATASETS, Column, build_table, dataset_names, find_students, sources_note, to_csv, to_markdown
 from stages.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED = {"imagenet": "embedded 10-class", "coco": "embedded COCO-layout", "ade20k": "embedded ADE20K-layout"}
 
 
 def write(root, task, student, data):
     (root / task).mkdir(parents=True, exist_ok=True)
     (root / task / f"{student}.json").write_text(json.dumps(data))
+
+
+def write_manifest(path, real=(), classes=None):
+    """A data/manifest.json as prepare-data writes it: embedded datasets, or real roots for those in `real`."""
+    classes = {"imagenet": 10, "coco": 10, "ade20k": 10, **(classes or {})}
+    embedded_root = {"imagenet": "imagenet", "coco": "coco", "ade20k": "ade20k/ADEChallengeData2016"}
+    ds = {
+        d: {"root": f"/datasets/{real[d]}" if d in real else embedded_root[d], "embedded": d not in real,
+            "classes": classes[d], "class_names": [f"c{i}" for i in range(classes[d])], "images": {"train": 40, "val": 8}}
+        for d in ("imagenet", "coco", "ade20k")
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": 2, "seed": 0, **ds}))
+    return path
 
 
 def test_rows_columns_and_missing_cells(tmp_path):
@@ -18,32 +42,52 @@ def test_rows_columns_and_missing_cells(tmp_path):
     write(m, "finetune", "scratch", {"top1": 40.0, "pretrain_epochs": 0})
     write(m, "probe", "mae", {"linear_top1": 33.333, "knn_top1": 30.0})
     write(m, "probe", "zeta", {"knn_top1": 1.0})
-    header, rows = build_table(m)
-    assert header == [
-        "student", "pretrain epochs", "IN top-1 (fine-tune)", "IN linear", "IN k-NN", "COCO AP box", "COCO AP mask", "ADE20K mIoU"
+    header, rows = build_table(m, EMBEDDED)
+    assert to_markdown(header, rows) == (
+        "| student | pretrain epochs | embedded 10-class top-1 (fine-tune) | embedded 10-class linear | embedded 10-class k-NN"
+        " | embedded COCO-layout AP box | embedded COCO-layout AP mask | embedded ADE20K-layout mIoU |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| scratch | 0 | 40.0 | not run | not run | not run | not run | not run |\n"
+        "| mae | 40 | 61.2 | 33.3 | 30.0 | not run | not run | not run |\n"
+        "| zeta | not run | not run | n/a | 1.0 | not run | not run | not run |\n"  # its probe file has k-NN only
+    )
+    assert to_csv(header, rows).splitlines()[1:] == [
+        "scratch,0,40.0,not run,not run,not run,not run,not run",
+        "mae,40,61.2,33.3,30.0,not run,not run,not run",
+        "zeta,not run,not run,n/a,1.0,not run,not run,not run",
     ]
-    assert rows == [["scratch", "0", "40.0", "", "", "", "", ""], ["mae", "40", "61.2", "33.3", "30.0", "", "", ""],
-                    ["zeta", "", "", "", "1.0", "", "", ""]]
-    assert to_markdown(header, rows).splitlines()[3] == "| mae | 40 | 61.2 | 33.3 | 30.0 |  |  |  |"
-    assert to_csv(header, rows).splitlines()[1] == "scratch,0,40.0,,,,,"
-    extra = COLUMNS + [Column("detect", "bbox_AP50", "COCO AP50 box")]  # one line adds a column
+    extra = COLUMNS + [Column("detect", "bbox_AP50", "AP50 box", dataset="coco")]  # one line adds a column
+    assert build_table(m, EMBEDDED, extra)[0][-1] == "embedded COCO-layout AP50 box"
     write(m, "detect", "mae", {"bbox_AP": 12.5, "segm_AP": 10.0, "bbox_AP50": 20.0})
-    assert build_table(m, extra)[1][1][-1] == "20.0"
-    assert build_table(m)[1][1][5:7] == ["12.5", "10.0"]
+    assert build_table(m, EMBEDDED, extra)[1][1][-1] == "20.0"
+    assert build_table(m, EMBEDDED)[1][1][5:7] == ["12.5", "10.0"]
     write(m, "segment", "mae", {"mIoU": 38.04, "mAcc": 50.0, "aAcc": 70.0})  # written by `mimrepro segment`
-    assert build_table(m)[1][1][-1] == "38.0"
+    assert build_table(m, EMBEDDED)[1][1][-1] == "38.0"
 
 
-def test_paper_columns_and_delta(tmp_path):
+def test_no_metrics_at_all_still_has_every_column(tmp_path):
+    header, rows = build_table(tmp_path / "metrics", EMBEDDED)  # the folder does not exist either
+    assert header == ["student", *[c.title(EMBEDDED) for c in COLUMNS]] and rows == []
+
+
+def test_paper_columns_and_delta_on_the_papers_datasets_only(tmp_path):
     m = tmp_path / "metrics"
     write(m, "finetune", "mae", {"top1": 80.0})
     write(m, "finetune", "toy", {"top1": 50.0})
-    header, rows = build_table(m, paper={"mae": mae.PAPER})  # the numbers MAE's module carries
-    i = header.index("IN top-1 (fine-tune) paper")
+    header, rows = build_table(m, PAPER_DATASETS, paper={"mae": mae.PAPER})  # the numbers MAE's module carries
+    i = header.index("ImageNet-1k top-1 (fine-tune) paper")
     assert rows[0][0] == "mae" and rows[0][i : i + 2] == ["83.6", "-3.6"]
-    assert rows[1][0] == "toy" and rows[1][i : i + 2] == ["", ""]  # a method without reported numbers
-    assert "ADE20K mIoU paper" in header and "mae/ADE20K mIoU: papers.md: MAE" in sources_note({"mae": mae.PAPER})
-    assert build_table(m)[0] == ["student", *[c.header for c in COLUMNS]]  # no paper values: no extra columns
+    assert rows[1][0] == "toy" and rows[1][i : i + 2] == ["n/a", "n/a"]  # a method without reported numbers
+    j = header.index("ADE20K mIoU paper")
+    assert rows[0][j - 1 : j + 2] == ["not run", "48.1", "not run"]  # segment not run: no delta either
+    assert "mae/ADE20K mIoU: papers.md: MAE" in sources_note({"mae": mae.PAPER}, PAPER_DATASETS)
+    assert build_table(m, PAPER_DATASETS)[0] == ["student", *[c.title(PAPER_DATASETS) for c in COLUMNS]]  # no paper values
+    # on other data a delta against the papers would compare different datasets: none, and no sources
+    mixed = {**PAPER_DATASETS, "imagenet": "embedded 10-class"}
+    header = build_table(m, mixed, paper={"mae": mae.PAPER})[0]
+    assert not [h for h in header if h.startswith("embedded") and h.endswith(("paper", "delta"))]
+    assert "COCO AP box paper" in header and "ADE20K mIoU delta" in header
+    assert "top-1" not in sources_note({"mae": mae.PAPER}, mixed) and sources_note({"mae": mae.PAPER}, EMBEDDED) == ""
 
 
 def test_rows_in_the_given_order_then_sorted(tmp_path):
@@ -54,22 +98,69 @@ def test_rows_in_the_given_order_then_sorted(tmp_path):
     assert find_students(m, first=("zeta",)) == ["zeta", "alpha", "mae", "scratch"]
 
 
+def test_dataset_names_follow_the_manifest(tmp_path):
+    assert dataset_names(read_manifest(write_manifest(tmp_path / "a.json"))) == EMBEDDED
+    full = write_manifest(tmp_path / "b.json", real={"imagenet": "imagenet", "coco": "coco", "ade20k": "ADEChallengeData2016"},
+                          classes={"imagenet": 1000, "coco": 80, "ade20k": 150})
+    assert dataset_names(read_manifest(full)) == {"imagenet": "ImageNet-1k", "coco": "COCO", "ade20k": "ADE20K"}
+    subset = write_manifest(tmp_path / "c.json", real={"imagenet": "imagenette", "coco": "mini"}, classes={"coco": 5})
+    assert dataset_names(read_manifest(subset)) == {"imagenet": "imagenette 10-class", "coco": "mini 5-class",
+                                                    "ade20k": "embedded ADE20K-layout"}
+
+
 def test_tables_stage_regenerates_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "metrics", "finetune", "mae", {"top1": 55.0, "top5": 90.0, "epochs": 4, "labels_per_class": 8})
     write(tmp_path / "metrics", "finetune", "scratch", {"top1": 45.0, "top5": 80.0, "epochs": 4, "labels_per_class": 8})
     (tmp_path / "p.yaml").write_text("tables: {paper_values: false}\n")
-    res = CliRunner().invoke(main, ["tables", "--params", "p.yaml", "--metrics", "metrics", "--out", "results"])
+    write_manifest(tmp_path / "data/manifest.json", real={"imagenet": "imagenette"})
+    args = ["tables", "--params", "p.yaml", "--metrics", "metrics", "--data", "data/manifest.json", "--out", "results"]
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     md = (tmp_path / "results/results.md").read_text()
-    assert "| scratch |  | 45.0 |  |  |" in md and "| mae |  | 55.0 |  |  |" in md
+    assert "| scratch | n/a | 45.0 | not run | not run | not run | not run | not run |" in md  # no pretrain_epochs key
+    assert "| mae | n/a | 55.0 | not run | not run | not run | not run | not run |" in md
+    assert "(classification: imagenette 10-class)" in md and "`/datasets/imagenette`, 10 classes, 40 train / 8 val images" in md
     assert "8 labelled images per class" in md and "`p.yaml`" in md and "commit" in md
-    assert (tmp_path / "results/results.csv").read_text().startswith("student,pretrain epochs,IN top-1 (fine-tune)")
+    assert (tmp_path / "results/results.csv").read_text().splitlines() == [
+        "student,pretrain epochs,imagenette 10-class top-1 (fine-tune),imagenette 10-class linear,imagenette 10-class k-NN,"
+        "embedded COCO-layout AP box,embedded COCO-layout AP mask,embedded ADE20K-layout mIoU",
+        "scratch,n/a,45.0,not run,not run,not run,not run,not run",
+        "mae,n/a,55.0,not run,not run,not run,not run,not run",
+    ]
+    # every output of the stage is written, the teacher table too (token-diversity has not run)
+    assert "token-diversity not run" in (tmp_path / "results/teachers.md").read_text()
+    assert (tmp_path / "results/teachers.csv").read_text().startswith("teacher,")
+    assert (tmp_path / "results/teacher_diversity.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "data/manifest.json").unlink()
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "dataset manifest not found: data/manifest.json" in res.output
+
+
+def test_tables_with_only_classification_metrics(tmp_path, monkeypatch):
+    """The issue's case: fine-tune and probes done, detect/segment/token-diversity not: classification
+    columns filled, `not run` everywhere else, and headers naming the embedded data."""
+    monkeypatch.chdir(tmp_path)
+    for s, top1 in (("scratch", 11.6), ("mae", 16.6)):
+        write(tmp_path / "metrics", "finetune", s, {"top1": top1, "epochs": 10, "labels_per_class": 0, "pretrain_epochs": 40})
+        write(tmp_path / "metrics", "probe", s, {"linear_top1": top1 + 1, "knn_top1": top1 - 1})
+    (tmp_path / "p.yaml").write_text("tables: {paper_values: true}\n")  # no paper columns: not the papers' data
+    write_manifest(tmp_path / "data/manifest.json")
+    res = CliRunner().invoke(main, ["tables", "--params", "p.yaml", "--metrics", "metrics", "--data", "data/manifest.json",
+                                    "--out", "results"])
+    assert res.exit_code == 0, res.output
+    table = [r for r in (tmp_path / "results/results.md").read_text().splitlines() if r.startswith("|")]
+    assert table == [
+        "| student | pretrain epochs | embedded 10-class top-1 (fine-tune) | embedded 10-class linear | embedded 10-class k-NN"
+        " | embedded COCO-layout AP box | embedded COCO-layout AP mask | embedded ADE20K-layout mIoU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scratch | 40 | 11.6 | 12.6 | 10.6 | not run | not run | not run |",
+        "| mae | 40 | 16.6 | 17.6 | 15.6 | not run | not run | not run |",
+    ]
+    assert "Paper values" not in (tmp_path / "results/results.md").read_text()
 
 
 def test_git_revision_ignores_pipeline_outputs(tmp_path):
-    import subprocess
-
     from mim.report.tables import git_revision
 
     def git(*args):
@@ -88,3 +179,50 @@ def test_git_revision_ignores_pipeline_outputs(tmp_path):
     assert git_revision(tmp_path) == rev
     (tmp_path / "mim.py").write_text("b\n")  # code that differs from the commit does count
     assert git_revision(tmp_path) == rev + "+dirty"
+
+
+@pytest.mark.slow
+def test_dvc_repro_single_stage_tables_with_only_classification_metrics(tmp_path):
+    """`dvc repro -s tables` in a copy of the repo (micro profile) where only fine-tune and probe
+    metrics exist (metrics/detect, metrics/segment, metrics/diversity missing); the `metrics` dep
+    still orders tables after every metrics-writing stage and notices a new or changed metric."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for rel in files.stdout.splitlines():
+        if (ROOT / rel).is_file() and not rel.startswith(("results/", "data/")):
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, tmp_path / rel)
+    (tmp_path / "params/profile.yaml").write_text("profile: micro\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(tmp_path),
+           "DVC_NO_ANALYTICS": "1"}
+
+    def sh(*cmd: str) -> str:
+        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, f"{' '.join(cmd)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        return out.stdout
+
+    sh("git", "init", "-q")
+    write_manifest(tmp_path / "data/manifest.json", classes={"imagenet": 3, "coco": 3, "ade20k": 3})
+    for s in ("scratch", "mae"):
+        write(tmp_path / "metrics", "finetune", s, {"top1": 30.0, "epochs": 1, "labels_per_class": 0, "pretrain_epochs": 1})
+        write(tmp_path / "metrics", "probe", s, {"linear_top1": 40.0, "knn_top1": 35.0})
+    sh("dvc", "repro", "-s", "tables")
+    md = (tmp_path / "results/results.md").read_text()
+    assert "| mae | 1 | 30.0 | 40.0 | 35.0 | not run | not run | not run |" in md and "embedded 3-class k-NN" in md
+    assert json.loads(sh("dvc", "status", "tables", "--json")) == {}
+    write(tmp_path / "metrics", "detect", "mae", {"bbox_AP": 1.0, "segm_AP": 0.5})  # a new metrics folder
+    assert "tables" in json.loads(sh("dvc", "status", "tables", "--json"))
+    sh("dvc", "repro", "-s", "tables")
+    assert "| mae | 1 | 30.0 | 40.0 | 35.0 | 1.0 | 0.5 | not run |" in (tmp_path / "results/results.md").read_text()
+    write(tmp_path / "metrics", "probe", "mae", {"linear_top1": 41.0, "knn_top1": 35.0})  # a changed one
+    assert "tables" in json.loads(sh("dvc", "status", "tables", "--json"))
+
+    from dvc.repo import Repo
+
+    with Repo(str(tmp_path)) as repo:
+        graph = repo.index.graph
+        tables = next(s for s in graph if s.name == "tables")
+        writers = {s.name for s in graph for o in s.outs if o.def_path.startswith("metrics/")}
+        upstream = {s.name for s in graph.successors(tables)}  # edges point from a stage to what it needs
+    assert {"finetune@mae", "probe@img2vec", "detect@beit", "segment@scratch", "token-diversity@mae_vit",
+            "finetune-sweep@img2vec-mae_vit"} <= writers
+    assert writers <= upstream and "prepare-data" in upstream  # after every metric and the manifest

@@ -33,3 +33,40 @@ def test_teacher_errors(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"xx")
     with pytest.raises(MimError, match="cannot read teacher"):
         load_teacher(tmp_path / "bad.safetensors")
+
+
+def test_teacher_table_cells_say_why_they_are_empty(tmp_path):
+    """results/teachers.{md,csv}: `not run` for a teacher whose Img2Vec student has no fine-tune
+    metrics yet, `n/a` for a value its diversity file lacks; numbers where they exist."""
+    import json
+
+    from mim.report.teachers import write_teacher_table
+
+    m = tmp_path / "metrics"
+    (m / "diversity").mkdir(parents=True)
+    (m / "finetune").mkdir()
+    (m / "diversity" / "dino_rn50.json").write_text(json.dumps({"diversity": 0.6, "std": 0.05, "tokens_per_image": 49}))
+    (m / "diversity" / "mae_vit.json").write_text(
+        json.dumps({"diversity": 0.3, "std": 0.02, "params_m": 85.8, "tokens_per_image": 196, "num_images": 10}))
+    (m / "finetune" / "img2vec-mae_vit.json").write_text(json.dumps({"top1": 71.25}))
+    write_teacher_table(m, tmp_path / "results", "embedded 10-class")
+    md = (tmp_path / "results" / "teachers.md").read_text()
+    assert "| dino_rn50 | n/a | 49 | 0.600 ± 0.050 | not run |" in md and "| mae_vit | 85.8 | 196 | 0.300 ± 0.020 | 71.2 |" in md
+    assert "with that teacher on embedded 10-class" in md
+    assert (tmp_path / "results" / "teachers.csv").read_text().splitlines() == [
+        "teacher,params_m,tokens_per_image,diversity,diversity_std,num_images,student_top1",
+        "dino_rn50,n/a,49,0.6,0.05,n/a,not run",
+        "mae_vit,85.8,196,0.3,0.02,10,71.25",
+    ]
+
+
+def test_teacher_table_before_token_diversity_has_run(tmp_path):
+    """The tables stage writes all its outputs whatever has run: no diversity metrics, no rows."""
+    from mim.report.teachers import write_teacher_table
+
+    assert write_teacher_table(tmp_path / "metrics", tmp_path / "results") == []
+    md = (tmp_path / "results" / "teachers.md").read_text().splitlines()
+    assert md[-3:] == ["|---|---:|---:|---:|---:|", "", "token-diversity not run: no metrics/diversity/<teacher>.json yet."]
+    assert (tmp_path / "results" / "teachers.csv").read_text() == (
+        "teacher,params_m,tokens_per_image,diversity,diversity_std,num_images,student_top1\n")
+    assert (tmp_path / "results" / "teacher_diversity.png").read_bytes()[:4] == b"\x89PNG"

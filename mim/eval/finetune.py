@@ -189,10 +189,10 @@ def finetune_task(encoder: EncoderFile, data: DataRoot, cfg: FinetuneConfig, run
         return ViTClassifier(encoder.build(drop_path=cfg.drop_path), len(train.classes), cfg.global_pool)
 
     t = make_task(build, train, cfg.optim, run, step, param_groups=groups)
-    model = t.model
+    model, epochs = t.model, t.budget.epochs
 
     def evaluate(epoch: int) -> dict[str, float]:
-        last = epoch + 1 == cfg.optim.epochs
+        last = epoch + 1 == epochs
         if not last and not (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
             return {}
         return {f"val/{k}": v for k, v in accuracy(model, val, cfg.eval_batch_size).items()}
@@ -210,7 +210,7 @@ def finetune(encoder: EncoderFile, data: DataRoot, cfg: FinetuneConfig, run: Run
     metrics = fit(t, run, checkpoint=checkpoint, log_dir=log_dir, config=config, desc=desc)
     if not is_main():
         return {}
-    out = {"top1": metrics["val/top1"], "top5": metrics["val/top5"], "epochs": cfg.optim.epochs,
+    out = {"top1": metrics["val/top1"], "top5": metrics["val/top5"], "epochs": t.budget.epochs,
            "labels_per_class": cfg.labels_per_class}
     if encoder.metadata.get("pretrain_epochs", "").isdigit():
         out["pretrain_epochs"] = int(encoder.metadata["pretrain_epochs"])

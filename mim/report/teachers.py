@@ -3,7 +3,9 @@
 Reads `metrics/diversity/<teacher>.json` (token-diversity stage) and, when the chain has it,
 `metrics/finetune/img2vec-<teacher>.json` (the fine-tune top-1 of the Img2Vec student
 trained on that teacher; the default teacher's student is plain `img2vec`).  Writes
-`results/teachers.md`, `results/teachers.csv` and `results/teacher_diversity.png`.
+`results/teachers.md`, `results/teachers.csv` and `results/teacher_diversity.png`, always (they
+are outputs of the `tables` stage): with no diversity metrics yet, a table with no rows that says so.
+A cell with no number reads `not run` or `n/a`, as in the results table (mim/report/tables.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 from mim.config import read_mapping
 from mim.errors import MimError
 from mim.files import atomic_write
+from mim.report.tables import NO_VALUE, NOT_RUN
 
 ACC_KEYS = ("top1", "acc1", "top1_acc", "accuracy")
 COLUMNS = ("teacher", "params_m", "tokens_per_image", "diversity", "diversity_std", "num_images", "student_top1")
@@ -52,21 +55,29 @@ def teacher_rows(metrics_dir: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["diversity"])
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def _cell(r: dict[str, Any], key: str, fmt: str = "{}") -> str:
+    if r[key] is None:
+        return NOT_RUN if key == "student_top1" else NO_VALUE  # no fine-tune metrics / a key the file lacks
+    return fmt.format(r[key])
+
+
+def markdown(rows: list[dict[str, Any]], dataset: str = "ImageNet-layout") -> str:
+    """`dataset`: the name of the classification data the students are fine-tuned on (tables.dataset_names)."""
     lines = [
         "# Teachers: token diversity and the Img2Vec student trained on each",
         "",
         "Diversity = 1 - mean pairwise cosine similarity of an image's output tokens (i != k), "
         "mean ± std over images (Img2Vec, papers.md). Student top-1: fine-tune accuracy of "
-        "the Img2Vec student with that teacher (— until the chain has run it).",
+        f"the Img2Vec student with that teacher on {dataset} (`{NOT_RUN}` until the chain has run it).",
         "",
         "| teacher | params (M) | tokens / image | diversity | student top-1 |",
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        acc = "—" if r["student_top1"] is None else f"{r['student_top1']:.1f}"
-        params = "—" if r["params_m"] is None else f"{r['params_m']:.1f}"
-        lines.append(f"| {r['teacher']} | {params} | {r['tokens_per_image']} | {r['diversity']:.3f} ± {r['diversity_std']:.3f} | {acc} |")
+        lines.append(f"| {r['teacher']} | {_cell(r, 'params_m', '{:.1f}')} | {_cell(r, 'tokens_per_image')} | "
+                     f"{r['diversity']:.3f} ± {r['diversity_std']:.3f} | {_cell(r, 'student_top1', '{:.1f}')} |")
+    if not rows:
+        lines += ["", f"token-diversity {NOT_RUN}: no metrics/diversity/<teacher>.json yet."]
     return "\n".join(lines) + "\n"
 
 
@@ -75,7 +86,7 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: "" if r[k] is None else r[k] for k in COLUMNS})
+        w.writerow({k: _cell(r, k) for k in COLUMNS})
     return buf.getvalue()
 
 
@@ -87,6 +98,9 @@ def scatter_png(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    if not rows:
+        ax.text(0.5, 0.5, f"token-diversity {NOT_RUN}", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.set_xticks([])
     done = [r for r in rows if r["student_top1"] is not None]
     todo = [r for r in rows if r["student_top1"] is None]
     if done:
@@ -108,13 +122,11 @@ def scatter_png(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_teacher_table(metrics_dir: Path, results_dir: Path) -> list[dict[str, Any]]:
-    """results/teachers.md, results/teachers.csv and results/teacher_diversity.png."""
+def write_teacher_table(metrics_dir: Path, results_dir: Path, dataset: str = "ImageNet-layout") -> list[dict[str, Any]]:
+    """results/teachers.md, results/teachers.csv and results/teacher_diversity.png (no rows before token-diversity)."""
     rows = teacher_rows(Path(metrics_dir))
-    if not rows:
-        raise MimError(f"no teacher diversity metrics under {Path(metrics_dir) / 'diversity'}; run token-diversity first")
     out = Path(results_dir)
-    atomic_write(out / "teachers.md", lambda tmp: tmp.write_text(markdown(rows)))
+    atomic_write(out / "teachers.md", lambda tmp: tmp.write_text(markdown(rows, dataset)))
     atomic_write(out / "teachers.csv", lambda tmp: tmp.write_text(csv_text(rows)))
     scatter_png(rows, out / "teacher_diversity.png")
     return rows

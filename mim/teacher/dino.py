@@ -384,8 +384,9 @@ def task(cfg: Config, run: RunConfig, data: DataRoot) -> Task:
     t = make_task(build, train, cfg.optim, run, step, collate_fn=collate_crops,
                   param_groups=lambda m: weight_decay_groups(m.student, cfg.optim.weight_decay))
     dino: DINO = t.model  # type: ignore[assignment]
-    epochs = cfg.optim.epochs
-    momentum = momentum_schedule(cfg.model, epochs * max(1, t.steps_per_epoch // cfg.optim.accum_steps))
+    budget = t.budget  # optim.epochs or optim.steps, on this data
+    epochs = budget.epochs  # a step budget's last epoch may be partial; it is still an epoch of these schedules
+    momentum = momentum_schedule(cfg.model, budget.total_steps)  # main_dino.py: over epochs x niter_per_ep
     t.on_epoch = lambda epoch: dino.set_epoch(epoch, epochs)
     t.after_step = lambda it: dino.update_teacher(float(momentum[it]))
 
