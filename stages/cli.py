@@ -43,6 +43,7 @@ from stages.budget import budget  # noqa: E402
 from stages.check_params import check_params  # noqa: E402
 from stages.detect import detect  # noqa: E402
 from stages.finetune import finetune  # noqa: E402
+from stages.fingerprint_data import fingerprint_data  # noqa: E402
 from stages.import_student import import_student  # noqa: E402
 from stages.prepare_data import prepare_data  # noqa: E402
 from stages.pretrain_student import pretrain_student  # noqa: E402
@@ -53,9 +54,8 @@ from stages.tables import tables  # noqa: E402
 from stages.token_diversity import token_diversity  # noqa: E402
 from stages.tokenizer import convert_dalle, tokenizer  # noqa: E402
 
-for _command in (check_params, prepare_data, pretrain_teacher, import_teacher, tokenizer, convert_dalle, pretrain_student, import_student,
-                 token_diversity,
-                 finetune, probe, detect, segment, tables, budget):
+for _command in (check_params, fingerprint_data, prepare_data, pretrain_teacher, import_teacher, tokenizer, convert_dalle,
+                 pretrain_student, import_student, token_diversity, finetune, probe, detect, segment, tables, budget):
     main.add_command(_command)
 
 

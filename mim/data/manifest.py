@@ -2,9 +2,9 @@
 
 `prepare-data` (mim/data/prepare.py) either generates the embedded synthetic ImageNet / COCO /
 ADE20K under `data/`, or, for a dataset whose `root` is set, checks the real folder's layout
-with the functions here and only records its path.  Every later stage is given `--data` and
-finds a dataset one way, `locate`: the root recorded in that manifest, or `--data` itself when
-it is a dataset folder.
+with the functions here and records its path, counts and fingerprint (mim/data/fingerprint.py).
+Every later stage is given `--data` and finds a dataset one way, `locate`: the root recorded in
+that manifest, or `--data` itself when it is a dataset folder.
 """
 from __future__ import annotations
 

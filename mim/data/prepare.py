@@ -1,9 +1,10 @@
 """`prepare-data`: the `data` params section, the embedded datasets and the manifest that records them.
 
 Each dataset is either generated (root null: mim/data/synth.py writes the embedded stand-in under
-`data/`) or real (root set: its layout is checked, mim/data/manifest.py, and only its path is
-recorded).  `write_data` builds into a temporary sibling folder and swaps it in, so a crash
-never leaves a half-written `data/`.
+`data/`) or real (root set: its layout is checked, mim/data/manifest.py, and its path, counts and
+fingerprint are recorded, mim/data/fingerprint.py, so a changed file reruns every later stage).
+`write_data` builds into a temporary sibling folder and swaps it in, so a crash never leaves a
+half-written `data/`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from mim.config import Check, NonNegInt, PosInt, Range
 from mim.data import synth
+from mim.data.fingerprint import fingerprint, real_root
 from mim.data.manifest import (
     MANIFEST,
     Manifest,
@@ -72,6 +74,9 @@ class DatasetsConfig:
 
     seed: NonNegInt = 0
     on_bad_file: Literal["fail", "skip"] = "fail"  # an unreadable image or a bad annotation: stop, or leave it out and count it
+    # what a real root's fingerprint in the manifest hashes: each file's (path, size, mtime), or its bytes
+    # (read once, then again only when its stat changes; a touched file then reruns no training stage)
+    fingerprint: Literal["listing", "content"] = "listing"
     imagenet: ImageNetData = field(default_factory=ImageNetData)
     coco: SceneData = field(default_factory=SceneData)
     ade20k: SceneData = field(default_factory=SceneData)
@@ -113,13 +118,16 @@ def build(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: s
     for name, check in real.items():
         root = getattr(cfg, name).root
         if root is not None:
-            path = Path(os.path.abspath(os.path.expanduser(root)))
+            path = real_root(root)
             try:
                 ds[name] = {"root": str(path), "embedded": False, **check(path)}
             except DataError as e:
                 errors.append(f"{e} (set in {where}.{name}.root)")
     if errors:
         raise DataError("; ".join(errors))
+    for name in ds:  # before the scan: a file changed while it runs reruns prepare-data next time
+        content_cache = None if cache is None else Path(cache) / f"content-{name}.json"
+        ds[name]["fingerprint"] = fingerprint(name, Path(ds[name]["root"]), cfg.fingerprint, content_cache)
 
     if cfg.imagenet.root is None:
         c = cfg.imagenet
@@ -147,7 +155,9 @@ def build(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: s
         root = Path(ds[name]["root"]) if not ds[name]["embedded"] else out / ds[name]["root"]
         ds[name].update(check_files(name, root, ds[name]["classes"], cfg, out, where, cache, workers))
     # the generating params: a regenerated dataset changes the manifest, so training stages restart
-    manifest = {"version": 2, "seed": cfg.seed, "params": dataclasses.asdict(cfg), **ds}
+    # (not `fingerprint`: it changes a real dataset's fingerprint entry instead, and no generated file)
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "fingerprint"}
+    manifest = {"version": 2, "seed": cfg.seed, "params": params, **ds}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
