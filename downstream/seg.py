@@ -54,7 +54,7 @@ class SegmentConfig:
     aux_channels: PosInt = 256  # FCN auxiliary head width
     aux_weight: NonNegFloat = 0.4
     test_mode: Literal["slide", "whole"] = "slide"
-    slide_stride: PosInt = 341  # slide window stride (single scale)
+    slide_stride: PosInt = 256  # slide window stride (single scale): mmseg MAE test_cfg stride=(256, 256) with 512 crops
     val_interval: PosInt = 16_000  # also evaluated after the last iteration
     checkpoint_interval: PosInt = 16_000
     log_interval: PosInt = 50

@@ -42,9 +42,11 @@ def profile(name: str | None) -> None:
 from stages.budget import budget  # noqa: E402
 from stages.check_params import check_params  # noqa: E402
 from stages.detect import detect  # noqa: E402
+from stages.diff import diff  # noqa: E402
 from stages.finetune import finetune  # noqa: E402
 from stages.fingerprint_data import fingerprint_data  # noqa: E402
 from stages.import_student import import_student  # noqa: E402
+from stages.parity import parity  # noqa: E402
 from stages.prepare_data import prepare_data  # noqa: E402
 from stages.pretrain_student import pretrain_student  # noqa: E402
 from stages.pretrain_teacher import import_teacher, pretrain_teacher  # noqa: E402
@@ -55,7 +57,7 @@ from stages.token_diversity import token_diversity  # noqa: E402
 from stages.tokenizer import convert_dalle, tokenizer  # noqa: E402
 
 for _command in (check_params, fingerprint_data, prepare_data, pretrain_teacher, import_teacher, tokenizer, convert_dalle,
-                 pretrain_student, import_student, token_diversity, finetune, probe, detect, segment, tables, budget):
+                 pretrain_student, import_student, token_diversity, finetune, probe, detect, segment, tables, parity, budget, diff):
     main.add_command(_command)
 
 

@@ -55,17 +55,17 @@ def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metric
         "val_images": int(t.info["val_images"]),
         "params_m": round(sum(p.numel() for p in backbone.parameters()) / 1e6, 2),
         "skipped_images": len(ds.skipped),
-        "seconds": round(time.time() - t0, 1),
         **{k.removeprefix("train/"): v for k, v in result.items()},
     }
     write_json(metrics, summary)
     click.echo(f"{name}: k-NN top-1 {summary.get('knn_top1', float('nan')):.2f}%, teacher entropy "
-               f"{summary.get('teacher_entropy', float('nan')):.3f}, KL {summary.get('kl', float('nan')):.3f} -> {out}")
+               f"{summary.get('teacher_entropy', float('nan')):.3f}, KL {summary.get('kl', float('nan')):.3f} "
+               f"in {time.time() - t0:.0f} s -> {out}")
 
 
 def _import(cfg: Config, name: str, out: Path, metrics: Path, run_dir: Path) -> None:
     """The official weights as the stage's outputs: the teacher file, metrics of what was measured
-    (no training numbers), and the run folder DVC expects (left as it is, with no checkpoint added)."""
+    (no training numbers), and the run folder (left as it is, with no checkpoint added)."""
     from mim.files import write_json
     from mim.teacher.official_dino import import_teacher as convert
 

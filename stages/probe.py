@@ -37,7 +37,7 @@ def probe(encoder: Path, data: Path, metrics: Path, run_dir: Path | None, params
     t0 = time.perf_counter()
     ds = open_dataset(data, run.num_workers or None)
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)  # a DVC output, whichever protocol runs
+        run_dir.mkdir(parents=True, exist_ok=True)  # the logs go there, whichever protocol runs
     out = run_probe(enc, ds, cfg, run, checkpoint=run_dir / CHECKPOINT if run_dir else None, log_dir=run_dir,
                     desc=f"probe {name}")
     if not is_main():

@@ -11,8 +11,8 @@ from stages.common import data_option, encoder_option, file_option, load, params
 @click.command("segment")
 @encoder_option
 @data_option("an ADEChallengeData2016 folder")
-@file_option("--metrics", "mIoU, mAcc, aAcc on the validation images (.json); the per-class table and the mmseg "
-                          "config go beside it (<stem>_per_class.csv, <stem>_config.py).", output=True)
+@file_option("--metrics", "mIoU, mAcc, aAcc on the validation images (.json); the per-class table goes beside it "
+                          "(<stem>_per_class.csv), the mmseg config in --run (config.py).", output=True)
 @run_option
 @params_option
 def segment(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_path: Path) -> None:
@@ -32,11 +32,11 @@ def segment(encoder: Path, data: Path, metrics: Path, run_dir: Path, params_path
         raise ConfigError(f"{params_path}: segment.{key}: {message} (the encoder {encoder})")
     with RunLock.beside(run_dir):  # a second segment of this student refuses instead of sharing mmengine's state
         summary, per_class = run_segment(cfg, run, data=data, encoder=encoder, work_dir=run_dir,
-                                         config_out=metrics.with_name(f"{metrics.stem}_config.py"))
+                                         config_out=run_dir / "config.py")
     if not is_main() or not per_class:
         return
     write_per_class(metrics.with_name(f"{metrics.stem}_per_class.csv"), per_class)
     out = {k: round(v, 2) for k, v in summary.items()}  # IoUMetric's own rounding (%, 2 decimals)
-    write_json(metrics, {**out, "num_classes": len(per_class["class"]), "iters": cfg.iters})
+    write_json(metrics, {**out, "num_classes": len(per_class["class"])})  # results only: the recipe is in --run
     click.echo(f"segment {metrics.stem}: mIoU {summary['mIoU']:.2f}  mAcc {summary['mAcc']:.2f}  aAcc {summary['aAcc']:.2f}"
                f"  ({cfg.iters} iters)")

@@ -1,6 +1,10 @@
-"""`mimrepro tables`: regenerate results/results.md and results/results.csv from metrics/, and the teacher table.
+"""`mimrepro tables`: regenerate the results tables from metrics/, and the teacher table.
 
-Runs with whatever metrics exist (a stage not run yet leaves `not run` cells); the headers name
+results.md (rounded, for reading), results.csv (the same cells, every digit), results.tex (booktabs,
+best per column in bold) and results.json: every number of both tables under a flat key
+(`finetune/mae/top1`, `diversity/dino_rn50/diversity`), full precision, DVC's metric for
+`dvc exp show` / `dvc metrics diff` and what `mimrepro diff` compares.  Runs with whatever metrics
+exist (a stage not run yet leaves `not run` cells, and no key in results.json); the headers name
 the datasets that data/manifest.json records."""
 from __future__ import annotations
 
@@ -11,32 +15,25 @@ import click
 from stages.common import dir_option, file_option, load, params_option
 
 
-def RUNTIME_IMPORTS(args: dict[str, str]) -> list[str]:  # noqa: N802  (read by scripts/dvc_deps.py)
-    """Every method's module, for the papers' numbers (dvc.yaml: the folder mim/methods covers them)."""
-    from mim.methods import METHODS
-
-    return list(METHODS.values())
-
-
 @click.command("tables")
 @dir_option("--metrics", "Folder of <task>/<student>.json metrics files.", dest="metrics_dir")
-@dir_option("--out", "Where results.md, results.csv and the teacher table go.", dest="out_dir", output=True)
+@dir_option("--out", "Where results.md, .csv, .tex, .json and the teacher table go.", dest="out_dir", output=True)
 @file_option("--data", "data/manifest.json written by prepare-data: the datasets the headers name.")
 @params_option
 def tables(metrics_dir: Path, out_dir: Path, data: Path, params_path: Path) -> None:
     """Results table (students x classification top-1, detection AP, segmentation mIoU) and the teacher table."""
-    from mim import methods
     from mim.data.manifest import read_manifest
-    from mim.files import atomic_write
+    from mim.files import atomic_write, write_json
     from mim.report import tables as t
+    from mim.report.reference import REFERENCES
 
     cfg = load(params_path, "tables", t.TablesConfig)
     manifest = read_manifest(data)
     names = t.dataset_names(manifest)
     students = t.find_students(metrics_dir, first=cfg.first)
-    # The papers' numbers of each method (its module's PAPER), for the student named after it.
-    paper = {s: methods.load(s).PAPER for s in students if s in methods.METHODS} if cfg.paper_values else None
-    header, rows = t.build_table(metrics_dir, names, paper=paper, students=students)
+    # The papers' numbers of each method (mim/report/reference.py), for the student named after it.
+    paper = {s: REFERENCES[s] for s in students if s in REFERENCES} if cfg.paper_values else None
+    header, rows = t.build_table(metrics_dir, names, paper=paper, students=students, marks=True)
     ft = [t.read_metrics(metrics_dir, "finetune", r[0]) for r in rows]
     regimes = sorted({(int(m.get("epochs", 0)), int(m.get("labels_per_class", 0))) for m in ft if m})
     caption = "; ".join(
@@ -48,15 +45,23 @@ def tables(metrics_dir: Path, out_dir: Path, data: Path, params_path: Path) -> N
           f"{names['coco']}), mIoU (segmentation: {names['ade20k']}). " + (caption + ". " if caption else ""))
     md += "Same fine-tune budget for every row; `scratch` is the random-init encoder.\n\n" + t.to_markdown(header, rows)
     md += (f"\n`{t.NOT_RUN}`: that stage has not run for the student (no metrics file); `{t.NO_VALUE}`: it ran and reports no "
-           "such value. results.csv has the same cells.\n")
+           "such value. results.csv has the same cells with every digit, results.tex the LaTeX table, results.json every "
+           "number (`mimrepro diff` compares them).\n")
     md += "\n" + t.datasets_note(manifest, names) + "\n\n" + provenance + "\n"
-    note = t.sources_note(paper, names)
-    if note:
-        md += "\n" + note + "\n"
+    for note in (t.deviations_note(rows), t.sources_note(paper, names, metrics_dir=metrics_dir)):
+        if note:
+            md += "\n" + note + "\n"
     atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(md))
-    atomic_write(out_dir / "results.csv", lambda tmp: tmp.write_text(t.to_csv(header, rows)))
+    latex_caption = (f"Top-1 (%) on {names['imagenet']}, box and mask AP on {names['coco']}, mIoU on {names['ade20k']}"
+                     + (f"; {caption}" if caption else "") + ".")
+    full = t.build_table(metrics_dir, names, paper=paper, students=students, full=True)
+    atomic_write(out_dir / "results.csv", lambda tmp: tmp.write_text(t.to_csv(*full)))
+    atomic_write(out_dir / "results.tex", lambda tmp: tmp.write_text(t.to_latex(header, rows, caption=latex_caption)))
     click.echo(md)
-    from mim.report.teachers import markdown, write_teacher_table
+    from mim.report.teachers import markdown, teacher_values, write_teacher_table
 
     # Always written (they are outputs of the stage): no rows until token-diversity has run.
-    click.echo(markdown(write_teacher_table(metrics_dir, out_dir, names["imagenet"]), names["imagenet"]))
+    teacher_rows = write_teacher_table(metrics_dir, out_dir, names["imagenet"])
+    values = {**t.results_values(metrics_dir, students=students), **teacher_values(teacher_rows)}
+    write_json(out_dir / "results.json", values)
+    click.echo(markdown(teacher_rows, names["imagenet"]))

@@ -37,7 +37,6 @@ def tokenizer(params_path: Path, data: Path, out: Path, metrics: Path, run_dir: 
         tok = dalle_tokenizer(*load_dalle(Path(cfg.dalle_weights)), image_size=cfg.model.image_size)
         val = vqvae.val_loader(ds, cfg.model.image_size, 64, run)
         result = {f"val/{k}": v for k, v in vqvae.evaluate_tokenizer(tok, val).items()}
-        run_dir.mkdir(parents=True, exist_ok=True)  # nothing trains: an empty run folder (dvc.yaml's out)
     else:
         t = vqvae.task(cfg, run, ds)
         config = {"tokenizer": to_dict(cfg), "seed": run.seed, "data": str(ds.root)}

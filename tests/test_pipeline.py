@@ -29,7 +29,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True)
     for rel in files.stdout.splitlines():
         src = ROOT / rel
-        if src.is_file() and not rel.startswith(("results/", "data/")):
+        if src.is_file() and not rel.startswith(("results/", "data/", "metrics/")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     (dst / "params" / "profile.yaml").write_text("profile: micro\n")
@@ -86,11 +86,57 @@ def test_each_stage_depends_on_exactly_the_params_sections_it_reads(repo):
         if name not in stages:
             continue  # the committed dvc.lock may still hold stages of an older dvc.yaml
         declared = {k.split(".")[0] for keys in st.get("params", {}).values() for k in keys}
-        got = read[st["cmd"]]
+        got = read.get(st["cmd"], set())  # a stage that reads no params section logs nothing
         if any(d["path"].startswith("params/") for d in st.get("deps", [])):
             continue  # check-params: the whole params file is its dependency
         assert got - {"run"} == declared - {"run"}, (name, sorted(got), sorted(declared))
         assert "run" not in declared or "run" in got, name  # run: only its result keys are listed (test_dvc_yaml)
+
+
+def test_experiments_hold_every_number_and_apply_cleanly(repo):
+    """Issue 13: two `dvc exp run`s (the baseline and a changed student param); `dvc exp show` has every
+    table number of both, `mimrepro diff` names exactly the moved cells and the param, and after
+    `dvc exp apply` of either the workspace is that experiment's, with nothing left to rerun."""
+    dst, env = repo
+    if not (dst / "data" / "manifest.json").is_file():  # run alone
+        sh(["dvc", "repro"], dst, env)
+    sh(["git", "add", "-A"], dst, env)
+    sh(["git", "commit", "-qm", "micro baseline"], dst, env)  # metrics/ and results/ are committed
+    sh(["dvc", "exp", "run", "-n", "base"], dst, env)
+    sh(["dvc", "exp", "run", "-n", "mr06", "-S", "params/micro.yaml:mae.model.mask_ratio=0.6"], dst, env)
+
+    def values(rev: str) -> dict[str, float]:
+        return json.loads(sh(["git", "show", f"{rev}:results/results.json"], dst, env).stdout)
+
+    refs = dict(line.split()[::-1] for line in sh(["git", "show-ref"], dst, env).stdout.splitlines() if "refs/exps/" in line)
+    ref = {name.rsplit("/", 1)[1]: name for name in refs}
+    base, mr06 = values(ref["base"]), values(ref["mr06"])
+    assert base == values("HEAD") and base.keys() == mr06.keys() and len(base) >= 30
+    moved = sorted(k for k in base if base[k] != mr06[k])
+    # MAE's cells and those of what learns from MAE's encoder (the mae_vit teacher, its Img2Vec student)
+    assert moved and all(k.split("/")[1] in ("mae", "mae_vit", "img2vec-mae_vit") for k in moved), moved
+
+    show = json.loads(sh(["dvc", "exp", "show", "--json"], dst, env).stdout)
+    exps = {e["name"]: e for b in show for x in (b.get("experiments") or []) for e in x["revs"]}
+    for name, expect in (("base", base), ("mr06", mr06)):
+        got = exps[name]["data"]["metrics"]["results/results.json"]["data"]
+        assert got == expect, name
+
+    out = sh(["mimrepro", "diff", "base", "mr06"], dst, env).stdout
+    listed = sorted(ln.split()[0] for ln in out.splitlines() if ln.rstrip().endswith("*"))
+    assert listed == moved, out
+    params = out.split("params that differ")[1].split()
+    assert params[3:6] == ["mae.model.mask_ratio", "0.75", "0.6"] and "run.seed" not in params, out
+
+    for name, expect in (("base", base), ("mr06", mr06), ("base", base)):
+        sh(["dvc", "exp", "apply", name], dst, env)
+        status = sh(["dvc", "status"], dst, env).stdout
+        assert status.split() == [f"{FINGERPRINT}:", "always", "changed"], (name, status)
+        assert json.loads((dst / "results/results.json").read_text()) == expect
+        mae = json.loads((dst / "metrics/finetune/mae.json").read_text())
+        assert mae["top1"] == expect["finetune/mae/top1"], name
+    again = sh(["dvc", "repro"], dst, env)
+    assert again.stdout.count("Running stage") == 1, again.stdout  # the fingerprint listing only
 
 
 TOY_METHOD = '''"""toy: predict the mean colour of each masked patch (added by tests/test_pipeline.py)."""
@@ -128,7 +174,6 @@ class Config:
 
 
 INPUT = None
-PAPER: dict[str, tuple[float, str]] = {}
 
 
 class MeanColour(nn.Module):

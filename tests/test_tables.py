@@ -9,11 +9,24 @@ import pytest
 from click.testing import CliRunner
 
 from mim.data.manifest import read_manifest
-from mim.methods import mae
-from mim.report.tables import COLUMNS, PAPER_DATASETS, Column, build_table, dataset_names, find_students, sources_note, to_csv, to_markdown
+from mim.report.reference import REFERENCES
+from mim.report.tables import (
+    COLUMNS,
+    PAPER_DATASETS,
+    Column,
+    build_table,
+    dataset_names,
+    deviations_note,
+    find_students,
+    sources_note,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
 from stages.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+MAE = {"mae": REFERENCES["mae"]}
 EMBEDDED = {"imagenet": "embedded 10-class", "coco": "embedded COCO-layout", "ade20k": "embedded ADE20K-layout"}
 
 
@@ -56,6 +69,7 @@ def test_rows_columns_and_missing_cells(tmp_path):
         "mae,40,61.2,33.3,30.0,not run,not run,not run",
         "zeta,not run,not run,n/a,1.0,not run,not run,not run",
     ]
+    assert to_csv(*build_table(m, EMBEDDED, full=True)).splitlines()[2] == "mae,40,61.25,33.333,30.0,not run,not run,not run"
     extra = COLUMNS + [Column("detect", "bbox_AP50", "AP50 box", dataset="coco")]  # one line adds a column
     assert build_table(m, EMBEDDED, extra)[0][-1] == "embedded COCO-layout AP50 box"
     write(m, "detect", "mae", {"bbox_AP": 12.5, "segm_AP": 10.0, "bbox_AP50": 20.0})
@@ -72,22 +86,54 @@ def test_no_metrics_at_all_still_has_every_column(tmp_path):
 
 def test_paper_columns_and_delta_on_the_papers_datasets_only(tmp_path):
     m = tmp_path / "metrics"
-    write(m, "finetune", "mae", {"top1": 80.0})
+    write(m, "finetune", "mae", {"top1": 80.0, "pretrain_epochs": 1600})
     write(m, "finetune", "toy", {"top1": 50.0})
-    header, rows = build_table(m, PAPER_DATASETS, paper={"mae": mae.PAPER})  # the numbers MAE's module carries
+    header, rows = build_table(m, PAPER_DATASETS, paper=MAE)
     i = header.index("ImageNet-1k top-1 (fine-tune) paper")
     assert rows[0][0] == "mae" and rows[0][i : i + 2] == ["83.6", "-3.6"]
     assert rows[1][0] == "toy" and rows[1][i : i + 2] == ["n/a", "n/a"]  # a method without reported numbers
     j = header.index("ADE20K mIoU paper")
     assert rows[0][j - 1 : j + 2] == ["not run", "48.1", "not run"]  # segment not run: no delta either
-    assert "mae/ADE20K mIoU: papers.md: MAE" in sources_note({"mae": mae.PAPER}, PAPER_DATASETS)
+    note = sources_note(MAE, PAPER_DATASETS, metrics_dir=m)
+    assert "mae/ADE20K mIoU: 48.1 (ViT-B/16, 1600 ep): MAE (He et al." in note and "arXiv 2111.06377), Table 5" in note
+    assert "papers.md" not in note and "83.3" not in note  # only the references the table printed
     assert build_table(m, PAPER_DATASETS)[0] == ["student", *[c.title(PAPER_DATASETS) for c in COLUMNS]]  # no paper values
     # on other data a delta against the papers would compare different datasets: none, and no sources
     mixed = {**PAPER_DATASETS, "imagenet": "embedded 10-class"}
-    header = build_table(m, mixed, paper={"mae": mae.PAPER})[0]
+    header = build_table(m, mixed, paper=MAE)[0]
     assert not [h for h in header if h.startswith("embedded") and h.endswith(("paper", "delta"))]
     assert "COCO AP box paper" in header and "ADE20K mIoU delta" in header
-    assert "top-1" not in sources_note({"mae": mae.PAPER}, mixed) and sources_note({"mae": mae.PAPER}, EMBEDDED) == ""
+    assert "top-1" not in sources_note(MAE, mixed) and sources_note(MAE, EMBEDDED) == ""
+
+
+def test_references_compare_like_with_like(tmp_path):
+    """The reference at the student's own pretraining epochs: 800-epoch MAE gets the 800-epoch reproduction
+    for fine-tune, and "no reference at 800 ep" where the papers report 1600 epochs only."""
+    m = tmp_path / "metrics"
+    write(m, "finetune", "mae", {"top1": 83.0, "pretrain_epochs": 800})
+    write(m, "segment", "mae", {"mIoU": 47.0})
+    write(m, "finetune", "img2vec", {"top1": 84.0, "pretrain_epochs": 800})  # Img2Vec's 85.1: epochs not stated
+    header, rows = build_table(m, PAPER_DATASETS, paper={**MAE, "img2vec": REFERENCES["img2vec"]})
+    cells = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
+    assert cells["mae"]["ImageNet-1k top-1 (fine-tune) paper"] == "83.3" and cells["mae"]["ImageNet-1k top-1 (fine-tune) delta"] == "-0.3"
+    assert cells["mae"]["ADE20K mIoU paper"] == "no reference at 800 ep" and cells["mae"]["ADE20K mIoU delta"] == "n/a"
+    assert cells["img2vec"]["ImageNet-1k top-1 (fine-tune) paper"] == "85.1"
+    note = sources_note({**MAE, "img2vec": REFERENCES["img2vec"]}, PAPER_DATASETS, metrics_dir=m)
+    assert "83.3 (ViT-B/16, 800 ep, reproduction): open-mmlab/mmselfsup" in note and "85.1 (ViT-B/16, epochs not stated)" in note
+    assert "83.6" not in note
+
+
+def test_a_cell_measured_with_another_protocol_is_marked(tmp_path):
+    m = tmp_path / "metrics"
+    write(m, "probe", "mae", {"linear_top1": 60.0, "knn_top1": 50.0, "linear_protocol": "cached"})
+    write(m, "probe", "beit", {"linear_top1": 55.0, "knn_top1": 40.0, "linear_protocol": "augmented"})
+    header, rows = build_table(m, EMBEDDED, marks=True)
+    i = header.index("embedded 10-class linear")
+    assert [r[i] for r in rows] == ["60.0†", "55.0"] and rows[0][i + 1] == "50.0"
+    assert deviations_note(rows).startswith("† linear probe on centre-crop features computed once")
+    assert build_table(m, EMBEDDED)[1][0][i] == "60.0" and deviations_note(build_table(m, EMBEDDED)[1]) == ""
+    tex = to_latex(header, rows)
+    assert "\\bfseries 60.0\\textsuperscript{\\dag}" in tex  # still the column's best
 
 
 def test_rows_in_the_given_order_then_sorted(tmp_path):
@@ -135,6 +181,38 @@ def test_tables_stage_regenerates_files(tmp_path, monkeypatch):
     (tmp_path / "data/manifest.json").unlink()
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 1 and "dataset manifest not found: data/manifest.json" in res.output
+
+
+def test_results_json_csv_and_latex_keep_every_digit(tmp_path, monkeypatch):
+    """results.json: flat keys, full precision, no key for a cell not run; the CSV keeps 0.0155 (the
+    Markdown shows 0.0); the LaTeX is a booktabs tabular with the best of each column in bold."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "metrics", "finetune", "mae", {"top1": 16.93, "pretrain_epochs": 40, "epochs": 10, "labels_per_class": 0})
+    write(tmp_path / "metrics", "finetune", "scratch_v2", {"top1": 11.6, "pretrain_epochs": 0, "epochs": 10, "labels_per_class": 0})
+    write(tmp_path / "metrics", "detect", "mae", {"bbox_AP": 0.0155, "segm_AP": 0.004})
+    write(tmp_path / "metrics", "diversity", "dino_rn50", {"diversity": 0.0876, "std": 0.026, "num_images": 40})
+    (tmp_path / "p.yaml").write_text("tables: {paper_values: false}\n")
+    write_manifest(tmp_path / "data/manifest.json")
+    args = ["tables", "--params", "p.yaml", "--metrics", "metrics", "--data", "data/manifest.json", "--out", "results"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    values = json.loads((tmp_path / "results/results.json").read_text())
+    assert values == {
+        "finetune/mae/top1": 16.93, "finetune/mae/pretrain_epochs": 40, "detect/mae/bbox_AP": 0.0155, "detect/mae/segm_AP": 0.004,
+        "finetune/scratch_v2/top1": 11.6, "finetune/scratch_v2/pretrain_epochs": 0,
+        "diversity/dino_rn50/diversity": 0.0876, "diversity/dino_rn50/diversity_std": 0.026,
+    }
+    assert "| mae | 40 | 16.9 | not run | not run | 0.0 | 0.0 | not run |" in (tmp_path / "results/results.md").read_text()
+    csv_rows = (tmp_path / "results/results.csv").read_text().splitlines()
+    assert csv_rows[1] == "mae,40,16.93,not run,not run,0.0155,0.004,not run"
+    tex = (tmp_path / "results/results.tex").read_text()
+    body = tex[tex.index("\\begin{tabular}"):tex.index("\\end{tabular}")]
+    assert body.startswith("\\begin{tabular}{lrrrrrrr}\n\\toprule\nstudent & pretrain epochs &")
+    assert "\\midrule" in body and tex.count("\\bottomrule") == 1 and "\\caption{" in tex
+    rows = body.split("\\midrule\n")[1].split("\\bottomrule")[0].strip().splitlines()
+    assert len(rows) == 2 and all(r.endswith("\\\\") and r.count("&") == 7 for r in rows)
+    assert rows[0].startswith("mae & 40 & \\bfseries 16.9 &")  # the best top-1; pretrain epochs are never bold
+    assert rows[1].startswith("scratch\\_v2 & 0 & 11.6 & not run")  # escaped; "not run" spelled out
 
 
 def test_tables_with_only_classification_metrics(tmp_path, monkeypatch):
@@ -188,7 +266,7 @@ def test_dvc_repro_single_stage_tables_with_only_classification_metrics(tmp_path
     still orders tables after every metrics-writing stage and notices a new or changed metric."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True)
     for rel in files.stdout.splitlines():
-        if (ROOT / rel).is_file() and not rel.startswith(("results/", "data/")):
+        if (ROOT / rel).is_file() and not rel.startswith(("results/", "data/", "metrics/")):
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, tmp_path / rel)
     (tmp_path / "params/profile.yaml").write_text("profile: micro\n")

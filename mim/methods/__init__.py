@@ -13,8 +13,6 @@ A method is a module `mim/methods/<name>.py` with
 * `task(cfg, inputs) -> Task` (built with `mim.engine.make_task`);
 * optionally `check(cfg, encoder) -> [(key, message)]`: checks against the `encoder` section, run by
   `mimrepro check-params` (the first stage) and by `pretrain-student` before any work;
-* `PAPER`: the numbers the method's paper reports, `{"<task>/<metric>": (value, source)}`, printed
-  beside ours in the paper profile's results table.
 
 `METHODS` maps each name to its module's import path; `load(name)` imports that one module only,
 so pretraining MAE neither imports nor (in dvc.yaml) depends on BEiT's code.  Adding a method is

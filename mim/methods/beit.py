@@ -72,12 +72,6 @@ class Config:
 
 
 INPUT = "the tokenizer file (written by `mimrepro tokenizer`)"
-PAPER: dict[str, tuple[float, str]] = {
-    "finetune/top1": (83.2, "papers.md: BEiT, Reported ViT-B"),
-    "detect/bbox_AP": (49.8, "papers.md: BEiT, COCO as reproduced in the MAE paper"),
-    "detect/segm_AP": (44.4, "papers.md: BEiT, COCO as reproduced in the MAE paper"),
-    "segment/mIoU": (47.1, "papers.md: BEiT, ADE20K ViT-B as reproduced in the MAE paper"),
-}
 
 
 def num_masked(cfg: ModelConfig, grid: int) -> int:

@@ -111,10 +111,6 @@ class Config:
 
 
 INPUT = "the frozen teacher's weights (a timm CNN backbone or a student encoder, .safetensors)"
-PAPER: dict[str, tuple[float, str]] = {
-    "finetune/top1": (85.1, "papers.md: Img2Vec, Reported (abstract) ViT-B"),
-    "segment/mIoU": (50.7, "papers.md: Img2Vec, Reported (abstract; model size not stated)"),
-}
 
 
 @dataclass(frozen=True)

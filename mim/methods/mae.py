@@ -50,13 +50,6 @@ class Config:
 
 
 INPUT = None  # pixels are the target
-PAPER: dict[str, tuple[float, str]] = {
-    "finetune/top1": (83.6, "papers.md: MAE, Reported (ViT-B)"),
-    "probe/linear_top1": (68.0, "papers.md: MAE, Reported (ViT-B)"),
-    "detect/bbox_AP": (51.6, "papers.md: MAE, Reported (ViTDet recipe; 50.3 in the MAE paper)"),
-    "detect/segm_AP": (45.9, "papers.md: MAE, Reported (ViTDet recipe; 44.9 in the MAE paper)"),
-    "segment/mIoU": (48.1, "papers.md: MAE, Reported ADE20K UperNet (ViT-B)"),
-}
 
 
 class MAE(nn.Module):

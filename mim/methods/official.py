@@ -48,7 +48,6 @@ from mim.vit import SHARED_TABLE, ViTConfig, ViTEncoder
 
 Config = None  # no params section
 INPUT = "the official checkpoint (MAE, DINO or BEiT layout)"
-PAPER: dict[str, tuple[float, str]] = {}
 LAYOUTS = ("mae", "dino", "beit")
 HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 _DROP = ("decoder_", "mask_token", "head.", "fc_norm.", "lm_head.")  # pretraining-only or classifier tensors

@@ -13,7 +13,6 @@ from mim.vit import ViTEncoder
 
 Config = None  # no params section
 INPUT = None
-PAPER: dict[str, tuple[float, str]] = {}
 
 
 class Scratch(nn.Module):

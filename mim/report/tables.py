@@ -11,9 +11,12 @@ them as missing (pandas: `read_csv(path, na_values=["not run", "n/a"])`).
 Headers name the dataset measured, from data/manifest.json (`dataset_names`): "ImageNet-1k",
 "COCO", "ADE20K" for a real root with the papers' class count, "embedded 10-class" (and
 "embedded COCO-layout", "embedded ADE20K-layout") for the generated stand-ins, "<root's folder
-name> <K>-class" for any other real root.  Given the papers' numbers (each method's `PAPER`,
-mim/methods/), a column measured on the papers' dataset gets a "paper" and a "delta" column
-next to it; on any other dataset a delta against the papers would compare different things.
+name> <K>-class" for any other real root.  Given the papers' numbers (mim/report/reference.py,
+each with its citation and the schedule it was measured after), a column measured on the papers'
+dataset gets a "paper" and a "delta" column next to it, from the reference at the student's own
+pretraining epochs ("no reference at 800 ep" where the papers report only another schedule); on
+any other dataset a delta against the papers would compare different things.  A cell measured with
+another protocol than the paper's carries a marker (reference.DEVIATIONS) explained under the table.
 """
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ from pathlib import Path
 
 from mim.config import read_mapping
 from mim.data.manifest import DATASETS, Manifest
+from mim.report.reference import DEVIATIONS, Reference, describe, pick
 
-Paper = dict[str, dict[str, tuple[float, str]]]  # student -> "<task>/<key>" -> (value, source)
+MARKERS = "".join(d.marker for d in DEVIATIONS)  # what a marked cell may end with
+Paper = dict[str, tuple[Reference, ...]]  # student -> the references of its method (mim/report/reference.py)
 
 NOT_RUN = "not run"  # no metrics/<task>/<student>.json
 NO_VALUE = "n/a"  # the metrics file has no such key (or the papers report none)
@@ -115,13 +120,32 @@ def read_metrics(metrics_dir: Path, task: str, student: str) -> dict[str, float]
     return read_mapping(path, "metrics file") if path.is_file() else None
 
 
+def pretrain_epochs(metrics_dir: Path, student: str) -> float | None:
+    """The pretraining epochs a student's fine-tune metrics record (None: not run, or an official file)."""
+    m = read_metrics(metrics_dir, "finetune", student)
+    return None if m is None else m.get("pretrain_epochs")
+
+
+def deviations(metrics_dir: Path, student: str) -> dict[str, str]:
+    """"<task>/<key>" -> the marker of each protocol deviation the student's metrics record."""
+    marks: dict[str, str] = {}
+    for d in DEVIATIONS:
+        m = read_metrics(metrics_dir, d.task, student)
+        if m is not None and m.get(d.key) == d.value:
+            marks.update({cell: marks.get(cell, "") + d.marker for cell in d.cells})
+    return marks
+
+
 def build_table(
     metrics_dir: Path, names: dict[str, str], columns: list[Column] = COLUMNS, paper: Paper | None = None,
-    students: list[str] | None = None,
+    students: list[str] | None = None, full: bool = False, marks: bool = False,
 ) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of formatted cells: numbers with `decimals` decimals, else NOT_RUN or NO_VALUE."""
+    """(header, rows) of formatted cells: numbers with `decimals` decimals (every digit if `full`: the CSV),
+    else NOT_RUN or NO_VALUE.  With `paper`, a "paper" and a "delta" column beside each column that has a
+    reference on the papers' dataset: the reference at the student's own pretraining epochs, or why there
+    is none.  `marks`: a value measured with another protocol than the paper's carries its marker."""
     students = students if students is not None else find_students(metrics_dir, columns)
-    with_paper = {c.id for refs in (paper or {}).values() for c in on_paper_data(columns, names) if c.id in refs}
+    with_paper = {c.id for refs in (paper or {}).values() for c in on_paper_data(columns, names) if any(r.cell == c.id for r in refs)}
     header = ["student"]
     for c in columns:
         header.append(c.title(names))
@@ -130,25 +154,78 @@ def build_table(
     rows = []
     for s in students:
         files = {t: read_metrics(metrics_dir, t, s) for t in {c.task for c in columns}}
+        marked = deviations(metrics_dir, s) if marks else {}
+        epochs = pretrain_epochs(metrics_dir, s)
         row = [s]
         for c in columns:
             m = files[c.task]
             value = None if m is None else m.get(c.key)
             missing = NOT_RUN if m is None else NO_VALUE
-            row.append(missing if value is None else _fmt(value, decimals=c.decimals))
+            row.append(missing if value is None else _fmt(value, decimals=None if full else c.decimals) + marked.get(c.id, ""))
             if c.id in with_paper:
-                ref = (paper or {}).get(s, {}).get(c.id)
-                row.append(_fmt(ref[0]) if ref else NO_VALUE)
+                ref, why = pick((paper or {}).get(s, ()), c.id, epochs)
+                row.append(_fmt(ref.value, decimals=None if full else 1) if ref else why)
                 if value is None or ref is None:
                     row.append(missing if value is None else NO_VALUE)
                 else:
-                    row.append(_fmt(value - ref[0], signed=True))
+                    row.append(_fmt(value - ref.value, signed=True, decimals=None if full else 1))
         rows.append(row)
     return header, rows
 
 
-def _fmt(x: float, signed: bool = False, decimals: int = 1) -> str:
+def _fmt(x: float, signed: bool = False, decimals: int | None = 1) -> str:
+    """`decimals` None: every digit (repr), so a CSV reader gets the number the metrics file holds."""
+    if decimals is None:
+        text = repr(float(x)) if isinstance(x, float) else str(x)
+        return ("+" + text if signed and x >= 0 else text)
     return f"{x:+.{decimals}f}" if signed else f"{x:.{decimals}f}"
+
+
+def results_values(metrics_dir: Path, columns: list[Column] = COLUMNS, students: list[str] | None = None) -> dict[str, float]:
+    """Every number of the table, full precision, keyed `<task>/<student>/<key>` (results/results.json,
+    DVC's metric: `dvc exp show`, `dvc metrics diff` and `mimrepro diff` read it).  A cell that is not
+    run or has no value has no key: DVC shows those as `-`, never as a number."""
+    students = students if students is not None else find_students(metrics_dir, columns)
+    out: dict[str, float] = {}
+    for s in students:
+        for c in columns:
+            m = read_metrics(metrics_dir, c.task, s)
+            value = None if m is None else m.get(c.key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[f"{c.task}/{s}/{c.key}"] = value
+    return out
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in text)
+
+
+def to_latex(header: list[str], rows: list[list[str]], caption: str = "", label: str = "tab:results") -> str:
+    """A booktabs table (\\toprule ... \\bottomrule, needs \\usepackage{booktabs}) through pandas' Styler:
+    text escaped, numbers right-aligned, the best value of each numeric column in bold (highest;
+    a delta column: nearest zero; `pretrain epochs` is a recipe, not a score, and gets none)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=header)
+    best: dict[str, set[int]] = {}
+    for col in header[1:]:
+        nums = pd.to_numeric(df[col].str.rstrip(MARKERS), errors="coerce")
+        if col == "pretrain epochs" or nums.notna().sum() < 2:
+            continue
+        score = -nums.abs() if col.endswith(" delta") else nums
+        best[col] = set(df.index[score == score.max()])
+    styler = df.style.hide(axis="index")
+    styler = styler.format(escape="latex").format_index(escape="latex", axis=1)
+    styler = styler.apply(lambda s: ["font-weight: bold" if i in best.get(s.name, ()) else "" for i in s.index], axis=0)
+    tex = styler.to_latex(
+        column_format="l" + "r" * (len(header) - 1), hrules=True, convert_css=True,
+        caption=_latex_escape(caption) or None, label=label, position="t", position_float="centering",
+    )
+    return tex.replace("†", r"\textsuperscript{\dag}")
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -166,7 +243,7 @@ def to_csv(header: list[str], rows: list[list[str]]) -> str:
 
 
 # What the pipeline itself rewrites: not a sign that the code or params differ from the commit.
-GENERATED = (":(exclude)dvc.lock", ":(exclude)results")
+GENERATED = (":(exclude)dvc.lock", ":(exclude)results", ":(exclude)metrics")
 
 
 def git_revision(cwd: Path = Path(".")) -> str:
@@ -180,9 +257,22 @@ def git_revision(cwd: Path = Path(".")) -> str:
     return rev + ("+dirty" if dirty else "")
 
 
-def sources_note(paper: Paper | None, names: dict[str, str], columns: list[Column] = COLUMNS) -> str:
+def sources_note(paper: Paper | None, names: dict[str, str], columns: list[Column] = COLUMNS,
+                 metrics_dir: Path | None = None) -> str:
+    """The citation of every reference the table prints (with metrics_dir: only those it picked)."""
     if not paper:
         return ""
     headers = {c.id: c.title(names) for c in on_paper_data(columns, names)}
-    srcs = sorted({f"{s}/{headers[k]}: {src}" for s, refs in paper.items() for k, (_, src) in refs.items() if k in headers})
-    return "Paper values: " + "; ".join(srcs) + "." if srcs else ""
+    used = []
+    for s, refs in paper.items():
+        epochs = pretrain_epochs(metrics_dir, s) if metrics_dir is not None else None
+        for cell in dict.fromkeys(r.cell for r in refs if r.cell in headers):
+            chosen = [pick(refs, cell, epochs)[0]] if metrics_dir is not None else [r for r in refs if r.cell == cell]
+            used += [f"{s}/{headers[cell]}: {describe(r)}" for r in chosen if r is not None]
+    return "Paper values: " + "; ".join(sorted(used)) + "." if used else ""
+
+
+def deviations_note(rows: list[list[str]]) -> str:
+    """The explanation of each protocol marker the table's cells carry."""
+    used = [d for d in DEVIATIONS if any(d.marker in cell for r in rows for cell in r[1:])]
+    return " ".join(f"{d.marker} {d.note}." for d in used)

@@ -55,6 +55,12 @@ def teacher_rows(metrics_dir: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["diversity"])
 
 
+def teacher_values(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The teacher table's numbers for results/results.json: `diversity/<teacher>/<column>`."""
+    keys = ("diversity", "diversity_std", "student_top1")
+    return {f"diversity/{r['teacher']}/{k}": r[k] for r in rows for k in keys if r[k] is not None}
+
+
 def _cell(r: dict[str, Any], key: str, fmt: str = "{}") -> str:
     if r[key] is None:
         return NOT_RUN if key == "student_top1" else NO_VALUE  # no fine-tune metrics / a key the file lacks
@@ -67,7 +73,7 @@ def markdown(rows: list[dict[str, Any]], dataset: str = "ImageNet-layout") -> st
         "# Teachers: token diversity and the Img2Vec student trained on each",
         "",
         "Diversity = 1 - mean pairwise cosine similarity of an image's output tokens (i != k), "
-        "mean ± std over images (Img2Vec, papers.md). Student top-1: fine-tune accuracy of "
+        "mean ± std over images (Img2Vec, Pan et al., arXiv 2304.12535). Student top-1: fine-tune accuracy of "
         f"the Img2Vec student with that teacher on {dataset} (`{NOT_RUN}` until the chain has run it).",
         "",
         "| teacher | params (M) | tokens / image | diversity | student top-1 |",

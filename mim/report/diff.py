@@ -1,0 +1,198 @@
+"""Which cells of which table moved between two results, and which params differ.
+
+A side is what `mimrepro diff` read for one revision: its `results/results.json` (the flat
+`<task>/<student>/<metric>` and `diversity/<teacher>/<metric>` values the tables stage writes)
+and its params (the active profile's file, flattened to dotted keys).  Several revisions that
+differ only in their seed pool into one side (`pool`): each cell is then the mean, with the sample
+std and the count n, and a move between two pooled sides is called seed noise when it is within
+two standard errors of the difference, 2 * sqrt(sA^2/nA + sB^2/nB).  Everything here works on that
+plain data; stages/diff.py finds and reads the sides (folders, git revisions, experiments).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MISSING = "-"  # a cell or param one side does not have
+
+# The tables of results/, by the first part of a key: results.md holds every task but the teacher table's.
+TABLES = {"diversity": "teacher table (results/teachers.md)"}
+MAIN_TABLE = "main table (results/results.md)"
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str  # how the user named it: a folder, a revision, an experiment, "workspace"
+    values: dict[str, float]  # results.json
+    params: dict[str, Any] = field(default_factory=dict)  # flattened params of its profile
+    std: dict[str, float] = field(default_factory=dict)  # pooled sides: the sample std of each cell
+    n: dict[str, int] = field(default_factory=dict)  # pooled sides: how many revisions had the cell (else 1)
+
+    def cell(self, key: str) -> str:
+        v = self.values.get(key)
+        if v is None or self.n.get(key, 1) < 2:
+            return _num(v)
+        return f"{_num(v)} ± {_num(self.std[key])} ({self.n[key]})"
+
+
+VARIES = "varies"  # a pooled side's param whose revisions disagree (the seed)
+
+
+def pool(name: str, sides: list[Side]) -> Side:
+    """Mean, sample std and n of each cell over `sides` (e.g. the seeds of one experiment)."""
+    values, std, n = {}, {}, {}
+    for key in sorted({k for s in sides for k in s.values}):
+        xs = [s.values[key] for s in sides if key in s.values]
+        mean = sum(xs) / len(xs)
+        values[key], n[key] = mean, len(xs)
+        std[key] = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    keys = {k for s in sides for k in s.params}
+    params = {k: sides[0].params.get(k, MISSING) if len({repr(s.params.get(k, MISSING)) for s in sides}) == 1 else VARIES
+              for k in sorted(keys)}
+    return Side(name, values, params, std, n)
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str
+    a: float | None
+    b: float | None
+    noise: float | None = None  # two standard errors of the change, when a side pools seeds
+
+    @property
+    def change(self) -> float | None:
+        return None if self.a is None or self.b is None else self.b - self.a
+
+    def moved(self, threshold: float) -> bool:
+        """Changed by more than `threshold` (or present on one side only)."""
+        if self.a is None or self.b is None:
+            return True
+        if math.isnan(self.a) or math.isnan(self.b):
+            return math.isnan(self.a) != math.isnan(self.b)
+        return abs(self.b - self.a) > threshold
+
+    def within_noise(self) -> bool:
+        change = self.change
+        return self.noise is not None and change is not None and abs(change) <= self.noise
+
+
+def _noise(a: Side, b: Side, key: str) -> float | None:
+    na, nb = a.n.get(key, 1), b.n.get(key, 1)
+    if max(na, nb) < 2:
+        return None
+    # a side of one revision takes the other's spread as its own: the same seed noise applies to it
+    sa = a.std.get(key) if na > 1 else b.std.get(key)
+    sb = b.std.get(key) if nb > 1 else a.std.get(key)
+    return 2 * math.sqrt((sa or 0.0) ** 2 / na + (sb or 0.0) ** 2 / nb)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key) if isinstance(v, dict) and v else {key: v})
+    return out
+
+
+def table_of(key: str) -> str:
+    return TABLES.get(key.split("/", 1)[0], MAIN_TABLE)
+
+
+def compare(a: Side, b: Side) -> dict[str, list[Cell]]:
+    """Table title -> its cells (every key of either side), in key order."""
+    tables: dict[str, list[Cell]] = {}
+    for key in sorted(set(a.values) | set(b.values)):
+        tables.setdefault(table_of(key), []).append(Cell(key, a.values.get(key), b.values.get(key), _noise(a, b, key)))
+    return dict(sorted(tables.items(), key=lambda kv: kv[0] != MAIN_TABLE))
+
+
+def params_diff(a: Side, b: Side) -> list[tuple[str, Any, Any]]:
+    """(key, A's value, B's value) of every param that differs, MISSING where a side lacks it."""
+    keys = sorted(set(a.params) | set(b.params))
+    return [(k, a.params.get(k, MISSING), b.params.get(k, MISSING)) for k in keys if a.params.get(k, MISSING) != b.params.get(k, MISSING)]
+
+
+def _num(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return MISSING
+    return f"{x:+.4g}" if signed else f"{x:.4g}"
+
+
+def render(a: Side, b: Side, threshold: float = 0.0, markdown: bool = False, all_cells: bool = False) -> str:
+    """Each table's cells with A, B and the change; `*` marks a cell that moved more than `threshold`
+    and, where a side pools seeds, more than the seed noise (`~`: moved, but within it).
+
+    Unless `all_cells`, a table lists only its moved cells (and says how many did not move)."""
+    lines = [f"A: {a.name}", f"B: {b.name}", ""]
+    if markdown:
+        lines = [f"A: `{a.name}`  ", f"B: `{b.name}`", ""]
+    moved_any = False
+    for title, cells in compare(a, b).items():
+        moved = [c for c in cells if c.moved(threshold)]
+        moved_any |= bool(moved)
+        shown = cells if all_cells else moved
+        still = len(cells) - len(moved)
+        lines.append(f"## {title}" if markdown else title)
+        lines.append(f"{len(moved)} of {len(cells)} cells moved" + (f" by more than {threshold:g}" if threshold else "")
+                     + (f"; {still} did not" if still and not all_cells else "") + ".")
+        if shown:
+            rows = [(c.key, a.cell(c.key), b.cell(c.key), _num(c.change, signed=True), _mark(c, threshold)) for c in shown]
+            lines += _grid(("cell", "A", "B", "change", "moved"), rows, markdown)
+            if any(c.noise is not None for c in shown):
+                lines.append("mean ± std (n) over seeds; `~`: moved, but within two standard errors (seed noise); "
+                             "`*`: moved by more.")
+        only = [f"{c.key} (only in {'B' if c.a is None else 'A'})" for c in cells if c.a is None or c.b is None]
+        if only:
+            lines.append("On one side only: " + ", ".join(only) + ".")
+        lines.append("")
+    diffs = params_diff(a, b)
+    lines.append("## params that differ" if markdown else "params that differ")
+    if diffs:
+        lines += _grid(("param", "A", "B"), [(k, repr(x) if isinstance(x, str) and x != MISSING else str(x),
+                                               repr(y) if isinstance(y, str) and y != MISSING else str(y)) for k, x, y in diffs],
+                       markdown)
+    else:
+        lines.append("none")
+    if not moved_any:
+        lines += ["", "No cell moved" + (f" by more than {threshold:g}" if threshold else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _mark(c: Cell, threshold: float) -> str:
+    if not c.moved(threshold):
+        return ""
+    return "~" if c.within_noise() else "*"
+
+
+def group_by(sides: list[Side], over: tuple[str, ...]) -> list[Side]:
+    """Sides whose params agree on everything but the keys `over` (e.g. run.seed), pooled."""
+    groups: dict[str, list[Side]] = {}
+    for s in sides:
+        groups.setdefault(repr(sorted((k, repr(v)) for k, v in s.params.items() if k not in over)), []).append(s)
+    return [g[0] if len(g) == 1 else pool(" + ".join(s.name.split(" (")[0] for s in g), g) for g in groups.values()]
+
+
+def render_many(sides: list[Side], sort_by: str | None = None, markdown: bool = False) -> str:
+    """One row per side, a column per param that differs across them and per cell that does; a
+    pooled side's cells read mean ± std (n)."""
+    params = sorted(k for k in {k for s in sides for k in s.params} if len({repr(s.params.get(k, MISSING)) for s in sides}) > 1)
+    cells = sorted(k for k in {k for s in sides for k in s.values} if len({s.cell(k) for s in sides}) > 1)
+    if sort_by is not None:
+        sides = sorted(sides, key=lambda s: (s.values.get(sort_by) is None, -(s.values.get(sort_by) or 0.0)))
+    rows = [(s.name, *(str(s.params.get(k, MISSING)) for k in params), *(s.cell(k) for k in cells)) for s in sides]
+    header = ("experiment", *params, *cells)
+    return "\n".join(_grid(header, rows, markdown)) + "\n" + ("" if cells else "\nNo cell differs across them.\n")
+
+
+def _grid(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) -> list[str]:
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        return out + ["| " + " | ".join(r) + " |" for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+    return [line(header)] + [line(r) for r in rows]
