@@ -41,6 +41,7 @@ def profile(name: str | None) -> None:
 # One command per DVC stage (each module keeps its heavy imports inside the command).
 from stages.budget import budget  # noqa: E402
 from stages.check_params import check_params  # noqa: E402
+from stages.curves import curves  # noqa: E402
 from stages.detect import detect  # noqa: E402
 from stages.diff import diff  # noqa: E402
 from stages.finetune import finetune  # noqa: E402
@@ -57,7 +58,7 @@ from stages.token_diversity import token_diversity  # noqa: E402
 from stages.tokenizer import convert_dalle, tokenizer  # noqa: E402
 
 for _command in (check_params, fingerprint_data, prepare_data, pretrain_teacher, import_teacher, tokenizer, convert_dalle,
-                 pretrain_student, import_student, token_diversity, finetune, probe, detect, segment, tables, parity, budget, diff):
+                 pretrain_student, import_student, token_diversity, finetune, probe, detect, segment, tables, parity, budget, diff, curves):
     main.add_command(_command)
 
 

@@ -6,8 +6,8 @@ found under the git refs DVC keeps them in, refs/exps/).  `workspace` is this ch
 disk.  Default: A = HEAD, B = workspace.  A side may list several, comma-separated (the seeds of
 one experiment: `base-s0,base-s1,base-s2`): its cells are then mean ± std (n), and a move within
 the seed noise is marked as such.  `--all-experiments` gives one row per experiment of HEAD (and
-HEAD and the workspace); with `--over run.seed` the experiments that differ only in the seed are
-pooled into one row of mean ± std (n).
+one for HEAD itself); with `--over run.seed` the experiments that differ only in the seed are
+pooled into one row of mean ± std (n), HEAD left out.
 """
 from __future__ import annotations
 
@@ -115,24 +115,27 @@ def load_side(spec: str, repo: Path) -> Any:
 @click.option("--all", "all_cells", is_flag=True, help="List every cell, not only the moved ones.")
 @click.option("--md", "markdown", is_flag=True, help="Markdown instead of aligned text.")
 @click.option("--all-experiments", is_flag=True,
-              help="One row per DVC experiment of HEAD (and HEAD, the workspace): the params and cells that differ.")
+              help="One row per DVC experiment of HEAD (and HEAD): the params and cells that differ.")
 @click.option("--sort-by", metavar="CELL", help="With --all-experiments: sort the rows by this cell, highest first.")
 @click.option("--over", "over", multiple=True, metavar="PARAM",
               help="With --all-experiments: pool the experiments that differ only in PARAM (e.g. run.seed) into "
                    "one row of mean ± std (n). Repeatable.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PNG",
+              help="With --all-experiments: also draw the rows as bars, one panel per cell that differs "
+                   "(error bars: the std over seeds of a pooled row).")
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("."),
               help="The checkout whose revisions and experiments A and B name.")
 def diff(a: str, b: str, threshold: float, all_cells: bool, markdown: bool, all_experiments: bool, sort_by: str | None,
-         over: tuple[str, ...], repo: Path) -> None:
+         over: tuple[str, ...], plot: Path | None, repo: Path) -> None:
     """Which cells of which table moved from A to B (default: HEAD to the workspace), and the params that differ."""
     from mim.report.diff import group_by, render, render_many
 
     if all_experiments:
         head = (_git(repo, "rev-parse", "HEAD") or "").strip()
         sides = [load_side(n, repo) for n in sorted(experiments(repo, head))]
-        for extra in ("HEAD", WORKSPACE):  # when they hold results
+        if not over:  # the baseline row, when it holds results (pooled, it would count as one more seed)
             try:
-                sides.append(load_side(extra, repo))
+                sides.append(load_side("HEAD", repo))
             except MimError:
                 pass
         if not sides:
@@ -142,6 +145,17 @@ def diff(a: str, b: str, threshold: float, all_cells: bool, markdown: bool, all_
         unknown = [k for k in over if not any(k in s.params for s in sides)]
         if unknown:
             raise MimError(f"--over {unknown[0]}: no such param in these experiments (params look like run.seed)")
-        click.echo(render_many(group_by(sides, over) if over else sides, sort_by=sort_by, markdown=markdown), nl=False)
+        rows = group_by(sides, over) if over else sides
+        click.echo(render_many(rows, sort_by=sort_by, markdown=markdown), nl=False)
+        if plot is not None:
+            from mim.report.plots import bar_chart
+
+            cells = sorted(k for k in {k for s in rows for k in s.values} if len({s.cell(k) for s in rows}) > 1)
+            table = [[s.name, *(repr(s.values[k]) if k in s.values else "n/a" for k in cells)] for s in rows]
+            errors = {(s.name, k): s.std[k] for s in rows for k in cells if s.n.get(k, 1) > 1}
+            bar_chart(["experiment", *cells], table, plot, title=f"experiments of HEAD in {repo.resolve().name}", errors=errors)
+            click.echo(f"{len(cells)} cells, {len(rows)} rows -> {plot}")
         return
+    if plot is not None:
+        raise MimError("--plot goes with --all-experiments")
     click.echo(render(load_side(a, repo), load_side(b, repo), threshold, markdown, all_cells), nl=False)

@@ -1,7 +1,7 @@
 """`mimrepro tables`: regenerate the results tables from metrics/, and the teacher table.
 
 results.md (rounded, for reading), results.csv (the same cells, every digit), results.tex (booktabs,
-best per column in bold) and results.json: every number of both tables under a flat key
+best per column in bold), plots/main_table.png (one bar panel per column) and results.json: every number of both tables under a flat key
 (`finetune/mae/top1`, `diversity/dino_rn50/diversity`), full precision, DVC's metric for
 `dvc exp show` / `dvc metrics diff` and what `mimrepro diff` compares.  Runs with whatever metrics
 exist (a stage not run yet leaves `not run` cells, and no key in results.json); the headers name
@@ -57,6 +57,9 @@ def tables(metrics_dir: Path, out_dir: Path, data: Path, params_path: Path) -> N
     full = t.build_table(metrics_dir, names, paper=paper, students=students, full=True)
     atomic_write(out_dir / "results.csv", lambda tmp: tmp.write_text(t.to_csv(*full)))
     atomic_write(out_dir / "results.tex", lambda tmp: tmp.write_text(t.to_latex(header, rows, caption=latex_caption)))
+    from mim.report.plots import bar_chart
+
+    bar_chart(*full, out_dir / "plots" / "main_table.png", title=f"results/results.md ({Path(params_path).stem} profile)")
     click.echo(md)
     from mim.report.teachers import markdown, teacher_values, write_teacher_table
 

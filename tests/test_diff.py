@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pngs import not_blank
 
 from mim.report.diff import Side, compare, flatten, group_by, params_diff, pool, render, render_many
 from stages.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 BASE = {"finetune/mae/top1": 16.9, "finetune/scratch/top1": 11.6, "probe/mae/knn_top1": 12.2, "diversity/dino_rn50/diversity": 0.0876}
 
 
@@ -149,8 +152,10 @@ def test_dvc_experiments(tmp_path):
     subprocess.run(["dvc", "init", "-q"], cwd=repo, env=env, check=True)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "pipeline")
-    for name, ratio in (("base", "0.75"), ("mr06", "0.6")):
-        subprocess.run(["dvc", "exp", "run", "-q", "-n", name, "-S", f"params/micro.yaml:mae.model.mask_ratio={ratio}"],
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # the project's DVC settings
+    git(repo, "commit", "-qam", "the project's DVC config")
+    for name, ratio, where in (("base", "0.75", []), ("mr06", "0.6", ["--temp"])):  # --temp: how queued runs run
+        subprocess.run(["dvc", "exp", "run", "-q", *where, "-n", name, "-S", f"params/micro.yaml:mae.model.mask_ratio={ratio}"],
                        cwd=repo, env=env, check=True, capture_output=True)
     code, out = cli("base", "mr06", "--repo", str(repo))
     assert code == 0, out
@@ -160,6 +165,11 @@ def test_dvc_experiments(tmp_path):
     assert code == 0, out
     rows = [ln.split()[0] for ln in out.splitlines()[1:] if ln.strip()]
     assert rows[:2] == ["base", "mr06"] and "mae.model.mask_ratio" in out.splitlines()[0], out
+    code, out = cli("--all-experiments", "--plot", str(tmp_path / "exps.png"), "--repo", str(repo))
+    assert code == 0 and "1 cells, 2 rows" in out, out
+    not_blank(tmp_path / "exps.png", min_size=(300, 150))
+    code, out = cli("base", "mr06", "--plot", str(tmp_path / "x.png"), "--repo", str(repo))
+    assert code == 1 and "--plot goes with --all-experiments" in out
 
 
 def seeds(name: str, base: dict[str, float], offsets: list[float], **params) -> list[Side]:

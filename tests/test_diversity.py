@@ -101,6 +101,6 @@ def test_teacher_table(tmp_path):
     assert "| dino_rn50 | 23.5 | 49 | 0.600 ± 0.050 | not run |" in md and "| mae_vit | 85.8 | 196 | 0.300 ± 0.020 | 71.2 |" in md
     csv = (tmp_path / "results" / "teachers.csv").read_text().splitlines()
     assert csv[0].startswith("teacher,params_m") and csv[2].endswith(",71.25") and csv[1].endswith(",not run")
-    assert (tmp_path / "results" / "teacher_diversity.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "results" / "plots" / "teacher_diversity.png").read_bytes()[:4] == b"\x89PNG"
     (m / "finetune" / "img2vec.json").write_text(json.dumps({"acc1": 60.0}))  # default teacher's student
     assert write_teacher_table(m, tmp_path / "results")[0]["student_top1"] == 60.0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pngs import not_blank
 
 from mim.data.manifest import read_manifest
 from mim.report.reference import REFERENCES
@@ -177,7 +178,8 @@ def test_tables_stage_regenerates_files(tmp_path, monkeypatch):
     # every output of the stage is written, the teacher table too (token-diversity has not run)
     assert "token-diversity not run" in (tmp_path / "results/teachers.md").read_text()
     assert (tmp_path / "results/teachers.csv").read_text().startswith("teacher,")
-    assert (tmp_path / "results/teacher_diversity.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "results/plots/teacher_diversity.png").read_bytes()[:4] == b"\x89PNG"
+    not_blank(tmp_path / "results/plots/main_table.png")
     (tmp_path / "data/manifest.json").unlink()
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 1 and "dataset manifest not found: data/manifest.json" in res.output

@@ -69,4 +69,4 @@ def test_teacher_table_before_token_diversity_has_run(tmp_path):
     assert md[-3:] == ["|---|---:|---:|---:|---:|", "", "token-diversity not run: no metrics/diversity/<teacher>.json yet."]
     assert (tmp_path / "results" / "teachers.csv").read_text() == (
         "teacher,params_m,tokens_per_image,diversity,diversity_std,num_images,student_top1\n")
-    assert (tmp_path / "results" / "teacher_diversity.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "results" / "plots" / "teacher_diversity.png").read_bytes()[:4] == b"\x89PNG"

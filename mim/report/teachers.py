@@ -3,7 +3,7 @@
 Reads `metrics/diversity/<teacher>.json` (token-diversity stage) and, when the chain has it,
 `metrics/finetune/img2vec-<teacher>.json` (the fine-tune top-1 of the Img2Vec student
 trained on that teacher; the default teacher's student is plain `img2vec`).  Writes
-`results/teachers.md`, `results/teachers.csv` and `results/teacher_diversity.png`, always (they
+`results/teachers.md`, `results/teachers.csv` and `results/plots/teacher_diversity.png`, always (they
 are outputs of the `tables` stage): with no diversity metrics yet, a table with no rows that says so.
 A cell with no number reads `not run` or `n/a`, as in the results table (mim/report/tables.py).
 """
@@ -129,10 +129,10 @@ def scatter_png(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_teacher_table(metrics_dir: Path, results_dir: Path, dataset: str = "ImageNet-layout") -> list[dict[str, Any]]:
-    """results/teachers.md, results/teachers.csv and results/teacher_diversity.png (no rows before token-diversity)."""
+    """results/teachers.md, results/teachers.csv and results/plots/teacher_diversity.png (no rows before token-diversity)."""
     rows = teacher_rows(Path(metrics_dir))
     out = Path(results_dir)
     atomic_write(out / "teachers.md", lambda tmp: tmp.write_text(markdown(rows, dataset)))
     atomic_write(out / "teachers.csv", lambda tmp: tmp.write_text(csv_text(rows)))
-    scatter_png(rows, out / "teacher_diversity.png")
+    scatter_png(rows, out / "plots" / "teacher_diversity.png")
     return rows
