@@ -39,7 +39,7 @@ def bar_chart(header: list[str], rows: list[list[str]], path: Path, title: str =
                 continue
             err = (errors or {}).get((r[0], col))
             ax.barh(y, v, color=colors[k % len(colors)], xerr=err, capsize=2 if err else 0)
-            ax.text(v, y, f" {v:.1f}" if abs(v) >= 1 else f" {v:.3g}", va="center", ha="left", fontsize=7)
+            ax.text(v + (err or 0.0), y, f" {v:.1f}" if abs(v) >= 1 else f" {v:.3g}", va="center", ha="left", fontsize=7)
         ax.set_yticks(ys, students, fontsize=7)
         ax.set_title(col, fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
