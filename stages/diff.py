@@ -21,6 +21,7 @@ from mim.errors import MimError
 
 RESULTS = "results/results.json"
 PROFILE = "params/profile.yaml"
+LOCK = "dvc.lock"
 WORKSPACE = "workspace"
 
 
@@ -53,6 +54,16 @@ def _params(read: Any, where: str) -> dict[str, Any]:
     name = f"params/{profile}.yaml"
     body = read(name)
     return {"profile": profile, **flatten(yaml_text(body, f"{where}:{name}") if body is not None else {})}
+
+
+def _lock(text: str | None, where: str) -> dict[str, Any] | None:
+    """dvc.lock's `stages`, for which params each cell depends on; None when there is none to read."""
+    from stages.common import yaml_text
+
+    if text is None:
+        return None
+    stages = yaml_text(text, where).get("stages")
+    return stages if isinstance(stages, dict) else None
 
 
 def _values(text: str | None, where: str) -> dict[str, float]:
@@ -90,7 +101,8 @@ def load_side(spec: str, repo: Path) -> Any:
 
         results = folder / "results.json"
         values = _values(results.read_text() if results.is_file() else None, str(folder))
-        return Side(spec, values, _params(read_file, str(checkout)) if checkout is not None else {})
+        return Side(spec, values, _params(read_file, str(checkout)) if checkout is not None else {},
+                    _lock(read_file(LOCK), f"{checkout}/{LOCK}") if checkout is not None else None)
     rev = spec
     refs = experiments(repo)
     if _git(repo, "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}") is None:
@@ -104,7 +116,7 @@ def load_side(spec: str, repo: Path) -> Any:
         return _git(repo, "show", f"{rev}:{rel}")
 
     name = spec if spec.startswith(sha) else f"{spec} ({sha})"
-    return Side(name, _values(read_rev(RESULTS), f"{spec}:{RESULTS}"), _params(read_rev, spec))
+    return Side(name, _values(read_rev(RESULTS), f"{spec}:{RESULTS}"), _params(read_rev, spec), _lock(read_rev(LOCK), f"{spec}:{LOCK}"))
 
 
 @click.command("diff")

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from pngs import not_blank
 
-from mim.report.diff import Side, compare, flatten, group_by, params_diff, pool, render, render_many
+from mim.report.diff import Side, compare, depends_on, flatten, group_by, params_diff, pool, render, render_many
 from stages.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,3 +205,28 @@ def test_comma_separated_sides_pool_folders(tmp_path):
     code, out = cli(",".join(map(str, dirs)), str(other))
     assert code == 0, out
     assert "16 ± 1 (3)" in out and "+4" in out and "mae.model.mask_ratio" in out, out
+
+
+LOCK = {
+    "prepare-data": {"deps": [{"path": "runs/check-params.json"}], "params": {"params/micro.yaml": {"data": {}}},
+                     "outs": [{"path": "data"}]},
+    "pretrain@mae": {"deps": [{"path": "data/manifest.json"}], "params": {"params/micro.yaml": {"mae": {}, "run.seed": 0}},
+                     "outs": [{"path": "models/mae/encoder.safetensors"}]},
+    "pretrain@beit": {"deps": [{"path": "data/manifest.json"}], "params": {"params/micro.yaml": {"beit": {}}},
+                      "outs": [{"path": "models/beit/encoder.safetensors"}]},
+    "finetune@mae": {"deps": [{"path": "models/mae/encoder.safetensors"}, {"path": "data/manifest.json"}],
+                     "params": {"params/micro.yaml": {"finetune": {}}}, "outs": [{"path": "metrics/finetune/mae.json"}]},
+    "finetune@beit": {"deps": [{"path": "models/beit/encoder.safetensors"}], "params": {"params/micro.yaml": {"finetune_beit": {}}},
+                      "outs": [{"path": "metrics/finetune/beit.json"}]},
+}
+
+
+def test_params_marked_by_whether_the_moved_cells_read_them():
+    """Through the DAG in dvc.lock: a moved MAE fine-tune cell reads finetune, and upstream mae, run.seed and data."""
+    assert depends_on(LOCK, ["finetune/mae/top1"]) == {"finetune", "mae", "run.seed", "data"}
+    assert depends_on(LOCK, ["finetune/beit/top1"]) == {"finetune_beit", "beit", "data"}
+    assert depends_on(LOCK, ["segment/mae/mIoU"]) == set()  # no stage writes it in this lock
+    a = Side("A", {"finetune/mae/top1": 16.0, "finetune/beit/top1": 9.4}, {"mae.model.mask_ratio": 0.75, "beit.model.x": 1}, LOCK)
+    b = Side("B", {"finetune/mae/top1": 17.0, "finetune/beit/top1": 9.4}, {"mae.model.mask_ratio": 0.6, "beit.model.x": 2}, LOCK)
+    rows = {ln.split()[0]: ln.split() for ln in render(a, b).split("params that differ")[1].splitlines()[2:]}
+    assert rows["mae.model.mask_ratio"][-1] == "yes" and rows["beit.model.x"][-1] == "no"

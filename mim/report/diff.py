@@ -26,6 +26,7 @@ class Side:
     name: str  # how the user named it: a folder, a revision, an experiment, "workspace"
     values: dict[str, float]  # results.json
     params: dict[str, Any] = field(default_factory=dict)  # flattened params of its profile
+    lock: dict[str, Any] | None = None  # its dvc.lock `stages` (which params each cell depends on), when known
     std: dict[str, float] = field(default_factory=dict)  # pooled sides: the sample std of each cell
     n: dict[str, int] = field(default_factory=dict)  # pooled sides: how many revisions had the cell (else 1)
 
@@ -50,7 +51,7 @@ def pool(name: str, sides: list[Side]) -> Side:
     keys = {k for s in sides for k in s.params}
     params = {k: sides[0].params.get(k, MISSING) if len({repr(s.params.get(k, MISSING)) for s in sides}) == 1 else VARIES
               for k in sorted(keys)}
-    return Side(name, values, params, std, n)
+    return Side(name, values, params, sides[0].lock, std, n)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,32 @@ def params_diff(a: Side, b: Side) -> list[tuple[str, Any, Any]]:
     return [(k, a.params.get(k, MISSING), b.params.get(k, MISSING)) for k in keys if a.params.get(k, MISSING) != b.params.get(k, MISSING)]
 
 
+def depends_on(lock: dict[str, Any], cells: list[str]) -> set[str]:
+    """The params keys (as dvc.lock lists them: `mae`, `run.seed`) that the stages behind `cells` read,
+    through every stage upstream of them.  A cell `<task>/<name>/<metric>` comes from the stage whose
+    outputs hold `metrics/<task>/<name>.json`; a stage is upstream when one of its outputs is a dep."""
+    producer = {o["path"].rstrip("/"): name for name, st in lock.items() for o in st.get("outs", [])}
+    todo = [producer[p] for p in {"metrics/{}/{}.json".format(*c.split("/")[:2]) for c in cells if c.count("/") >= 2}
+            if p in producer]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for d in lock[name].get("deps", []):
+            path = d["path"].rstrip("/")
+            # a dep is an output of the stage that wrote it, or lies inside an output folder (data/manifest.json)
+            up = producer.get(path) or next((s for o, s in producer.items() if path.startswith(o + "/")), None)
+            if up is not None:
+                todo.append(up)
+    return {k for name in seen for keys in lock[name].get("params", {}).values() for k in keys}
+
+
+def _reads(key: str, keys: set[str]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
 def _num(x: float | None, signed: bool = False) -> str:
     if x is None:
         return MISSING
@@ -151,10 +178,18 @@ def render(a: Side, b: Side, threshold: float = 0.0, markdown: bool = False, all
         lines.append("")
     diffs = params_diff(a, b)
     lines.append("## params that differ" if markdown else "params that differ")
-    if diffs:
-        lines += _grid(("param", "A", "B"), [(k, repr(x) if isinstance(x, str) and x != MISSING else str(x),
-                                               repr(y) if isinstance(y, str) and y != MISSING else str(y)) for k, x, y in diffs],
-                       markdown)
+    moved_cells = [c.key for cells in compare(a, b).values() for c in cells if c.moved(threshold)]
+    lock = b.lock if b.lock is not None else a.lock
+    keys = depends_on(lock, moved_cells) if lock is not None and moved_cells else None
+
+    def show(x: Any) -> str:
+        return repr(x) if isinstance(x, str) and x != MISSING else str(x)
+
+    if diffs and keys is not None:  # which of them the moved cells read, through the stages upstream of them
+        rows = [(k, show(x), show(y), "yes" if _reads(k, keys) else "no") for k, x, y in diffs]
+        lines += _grid(("param", "A", "B", "moved cells read it"), rows, markdown)
+    elif diffs:
+        lines += _grid(("param", "A", "B"), [(k, show(x), show(y)) for k, x, y in diffs], markdown)
     else:
         lines.append("none")
     if not moved_any:
