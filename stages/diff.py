@@ -46,7 +46,7 @@ def experiments(repo: Path, baseline: str | None = None) -> dict[str, str]:
 
 def _params(read: Any, where: str) -> dict[str, Any]:
     """The active profile's params, flattened, with the profile's name under `profile`."""
-    from mim.report.diff import flatten
+    from mim.report.flat import flatten
     from stages.common import yaml_text
 
     text = read(PROFILE)

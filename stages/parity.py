@@ -16,7 +16,7 @@ def parity(params_path: Path, out: Path, strict: bool) -> None:
     """Each recipe hyperparameter of --params beside the value the paper or official code states; mismatches marked."""
     from mim.errors import MimError
     from mim.files import atomic_write
-    from mim.report.diff import flatten
+    from mim.report.flat import flatten
     from mim.report.parity import MISMATCH, NEW, check, markdown
     from stages.common import read_yaml
 

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 from pngs import not_blank
 
-from mim.report.diff import Side, compare, depends_on, flatten, group_by, params_diff, pool, render, render_many
+from mim.report.diff import Side, compare, depends_on, group_by, params_diff, pool, render, render_many
+from mim.report.flat import flatten
 from stages.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from mim.report.diff import flatten
+from mim.report.flat import flatten
 from mim.report.parity import MATCH, MISMATCH, NEW, OPERATIONAL, OPERATIONAL_SECTIONS, STATED, UNSOURCED, check
 from stages.cli import main
 

@@ -88,17 +88,6 @@ def _noise(a: Side, b: Side, key: str) -> float | None:
     return 2 * math.sqrt((sa or 0.0) ** 2 / na + (sb or 0.0) ** 2 / nb)
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    if not isinstance(data, dict):
-        return {prefix: data} if prefix else {}
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        out.update(flatten(v, key) if isinstance(v, dict) and v else {key: v})
-    return out
-
-
 def table_of(key: str) -> str:
     return TABLES.get(key.split("/", 1)[0], MAIN_TABLE)
 
@@ -154,13 +143,11 @@ def render(a: Side, b: Side, threshold: float = 0.0, markdown: bool = False, all
     and, where a side pools seeds, more than the seed noise (`~`: moved, but within it).
 
     Unless `all_cells`, a table lists only its moved cells (and says how many did not move)."""
-    lines = [f"A: {a.name}", f"B: {b.name}", ""]
-    if markdown:
-        lines = [f"A: `{a.name}`  ", f"B: `{b.name}`", ""]
-    moved_any = False
+    lines = [f"A: `{a.name}`  ", f"B: `{b.name}`", ""] if markdown else [f"A: {a.name}", f"B: {b.name}", ""]
+    moved_cells: list[str] = []
     for title, cells in compare(a, b).items():
         moved = [c for c in cells if c.moved(threshold)]
-        moved_any |= bool(moved)
+        moved_cells += [c.key for c in moved]
         shown = cells if all_cells else moved
         still = len(cells) - len(moved)
         lines.append(f"## {title}" if markdown else title)
@@ -178,7 +165,6 @@ def render(a: Side, b: Side, threshold: float = 0.0, markdown: bool = False, all
         lines.append("")
     diffs = params_diff(a, b)
     lines.append("## params that differ" if markdown else "params that differ")
-    moved_cells = [c.key for cells in compare(a, b).values() for c in cells if c.moved(threshold)]
     lock = b.lock if b.lock is not None else a.lock
     keys = depends_on(lock, moved_cells) if lock is not None and moved_cells else None
 
@@ -192,7 +178,7 @@ def render(a: Side, b: Side, threshold: float = 0.0, markdown: bool = False, all
         lines += _grid(("param", "A", "B"), [(k, show(x), show(y)) for k, x, y in diffs], markdown)
     else:
         lines.append("none")
-    if not moved_any:
+    if not moved_cells:
         lines += ["", "No cell moved" + (f" by more than {threshold:g}" if threshold else "") + "."]
     return "\n".join(lines) + "\n"
 
@@ -225,8 +211,9 @@ def render_many(sides: list[Side], sort_by: str | None = None, markdown: bool = 
 
 def _grid(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) -> list[str]:
     if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-        return out + ["| " + " | ".join(r) + " |" for r in rows]
+        from mim.report.tables import to_markdown  # the results table's own Markdown
+
+        return to_markdown(list(header), [list(r) for r in rows]).splitlines()
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     def line(r: tuple[str, ...]) -> str:
         return "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True))).rstrip()

@@ -126,11 +126,11 @@ def pretrain_epochs(metrics_dir: Path, student: str) -> float | None:
     return None if m is None else m.get("pretrain_epochs")
 
 
-def deviations(metrics_dir: Path, student: str) -> dict[str, str]:
-    """"<task>/<key>" -> the marker of each protocol deviation the student's metrics record."""
+def deviations(files: dict[str, dict[str, float] | None]) -> dict[str, str]:
+    """"<task>/<key>" -> the marker of each protocol deviation a student's metrics (task -> file) record."""
     marks: dict[str, str] = {}
     for d in DEVIATIONS:
-        m = read_metrics(metrics_dir, d.task, student)
+        m = files.get(d.task)
         if m is not None and m.get(d.key) == d.value:
             marks.update({cell: marks.get(cell, "") + d.marker for cell in d.cells})
     return marks
@@ -153,9 +153,11 @@ def build_table(
             header += [f"{c.title(names)} paper", f"{c.title(names)} delta"]
     rows = []
     for s in students:
-        files = {t: read_metrics(metrics_dir, t, s) for t in {c.task for c in columns}}
-        marked = deviations(metrics_dir, s) if marks else {}
-        epochs = pretrain_epochs(metrics_dir, s)
+        # each of the student's metrics files read once: the columns', the deviations' and fine-tune's epochs
+        tasks = {c.task for c in columns} | {d.task for d in DEVIATIONS} | {"finetune"}
+        files = {t: read_metrics(metrics_dir, t, s) for t in tasks}
+        marked = deviations(files) if marks else {}
+        epochs = (files["finetune"] or {}).get("pretrain_epochs")
         row = [s]
         for c in columns:
             m = files[c.task]
