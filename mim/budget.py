@@ -2,7 +2,7 @@
 
 A `Row` per stage (its training images, batch, steps per epoch, epochs, total steps and what the
 params fix: epochs, which grow with the data, or steps / iterations, which do not), from the
-same `OptimConfig.budget` the engine runs (mim/schedules.py `resolve`), on one process; `table`
+same `OptimConfig.budget` the engine runs (mim/schedules.py `resolve`), on any number of processes; `table`
 lays them out.  stages/budget.py reads the params and the manifest.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from mim.engine import OptimConfig
 
 
-def loader_batches(images: int, batch_size: int, accum_steps: int = 1) -> int:
-    """Loader batches per epoch on one process (mim.engine.make_task: drop_last, batch_size // accum_steps each)."""
-    return images // (batch_size // accum_steps)
+def optimizer_steps(images: int, batch_size: int) -> int:
+    """Optimizer steps per epoch (mim.engine.make_task: full global batches only), on any number of processes."""
+    return images // batch_size
 
 
 def class_counts(folder: Path, exclude: Collection[Path] = ()) -> tuple[int, ...]:
@@ -51,11 +51,11 @@ class Row:
 def epoch_row(stage: str, images: int, optim: OptimConfig, note: str = "") -> Row:
     """A stage trained by the engine over `images` for `optim`'s epochs or steps (one process)."""
     set_as = _count(optim.epochs, "epoch") if optim.epochs is not None else _count(optim.steps, "step")
-    batches = loader_batches(images, optim.batch_size, optim.accum_steps)
-    if batches < optim.accum_steps:  # make_task refuses it
+    steps = optimizer_steps(images, optim.batch_size)
+    if steps < 1:  # make_task refuses it
         fails = "fewer images than one step: it fails"
         return Row(stage, images, optim.batch_size, 0, 0.0, 0, set_as, f"{fails}; {note}" if note else fails)
-    return budget_row(stage, images, optim.batch_size, optim.budget(batches), set_as, note)
+    return budget_row(stage, images, optim.batch_size, optim.budget(steps), set_as, note)
 
 
 def budget_row(stage: str, images: int, batch: int, b: Budget, set_as: str, note: str = "") -> Row:

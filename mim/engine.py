@@ -17,18 +17,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import itertools
 import math
 import os
-import random
+import signal
 import statistics
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -36,7 +35,8 @@ from torch.utils.data import Dataset
 
 from mim.checkpoint import load_checkpoint, save_checkpoint
 from mim.config import Betas, Check, Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt
-from mim.data.images import epoch_seed, make_loader
+from mim.data.loaders import TrainLoader, seed_everything, step_seed
+from mim.dist import all_sum, is_main, rank, world_size
 from mim.errors import MimError
 from mim.files import RunLock, atomic_write, write_json
 from mim.lars import LARS
@@ -54,9 +54,8 @@ class OptimConfig:
 
     epochs: PosInt | None = None  # passes over the data: the cost grows with the dataset
     steps: PosInt | None = None  # optimizer steps: the cost stays put; the last epoch is cut short
-    batch_size: PosInt  # images per optimizer step, summed over processes and accumulation
+    batch_size: PosInt  # images per optimizer step (the global batch), summed over processes and accumulation steps
     base_lr: PosFloat
-    accum_steps: PosInt = 1
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"  # lars: mim/lars.py (DINO's ResNet-50 recipe)
     min_lr: NonNegFloat = 0.0
     warmup_epochs: NonNegFloat | None = None  # linear warm-up in epochs, or
@@ -70,14 +69,11 @@ class OptimConfig:
     # clip_grad_norm_); per_param: each parameter's gradient norm on its own (DINO utils.py clip_gradients)
 
     def problems(self) -> list[tuple[str, str]]:
-        out = []
-        if self.batch_size % self.accum_steps:
-            out.append(("accum_steps", f"{self.accum_steps} does not divide batch_size {self.batch_size}"))
-        return out + length_problems(self.epochs, self.steps, self.warmup_epochs, self.warmup_steps)
+        return length_problems(self.epochs, self.steps, self.warmup_epochs, self.warmup_steps)
 
-    def budget(self, loader_batches: int) -> Budget:
-        """Epochs, total and warm-up steps when an epoch is `loader_batches` batches (Task.steps_per_epoch)."""
-        return resolve(max(1, loader_batches // self.accum_steps), epochs=self.epochs, steps=self.steps,
+    def budget(self, steps_per_epoch: int) -> Budget:
+        """Epochs, total and warm-up steps when an epoch is `steps_per_epoch` optimizer steps (Task.steps_per_epoch)."""
+        return resolve(max(1, steps_per_epoch), epochs=self.epochs, steps=self.steps,
                        warmup_epochs=self.warmup_epochs, warmup_steps=self.warmup_steps)
 
 
@@ -85,9 +81,11 @@ class OptimConfig:
 class RunConfig:
     """How a run executes: the `run` params section.
 
-    `seed`, `amp` (bf16 on CUDA) and `num_workers` (each loader worker draws its own augmentation
-    stream) change what a training stage produces, so training stages depend on them in dvc.yaml;
-    `threads` only changes how fast it runs.
+    `seed` and `amp` (bf16 on CUDA) change what a training stage produces, so training stages
+    depend on them in dvc.yaml; `threads`, `num_workers` (augmentation is seeded per image,
+    mim/data/loaders.py), `device_batch`, `log_every`, `checkpoint_every` and `compile` only change how it runs
+    (`device_batch` sets the accumulation steps: a model with BatchNorm then normalises over fewer
+    images per forward, as it does on fewer GPUs).
     """
 
     seed: NonNegInt = 0
@@ -96,6 +94,11 @@ class RunConfig:
     threads: NonNegInt = 0  # torch CPU threads; 0 = leave torch's default
     divergence: Annotated[float, Check(lambda k: k == 0 or k > 1, "must be 0 (off) or above 1")] = 0.0  # stop when the
     # loss exceeds this many times its running median (a diverging run); 0 = off. Changes no result it lets finish.
+    device_batch: NonNegInt = 0  # most images per process in one forward; the global batch is kept by accumulating
+    # batch_size / (processes x device_batch) micro-steps (rounded up to a divisor); 0 = no limit (no accumulation)
+    log_every: PosInt = 1  # optimizer steps between host syncs: loss check, divergence guard, progress, preemption
+    checkpoint_every: PosInt = 1  # epochs between resume checkpoints (the last epoch and a stop signal always write one)
+    compile: bool = False  # torch.compile the training step's model (kernel fusion: the same math, rounded differently)
 
 
 Batch = Any
@@ -109,12 +112,15 @@ class Task:
     model: nn.Module
     optim: OptimConfig | None
     step: StepFn | None = None
-    loader: Callable[[int], Iterable[Batch]] | None = None  # epoch -> batches, deterministic given epoch
-    steps_per_epoch: int = 0  # loader batches per epoch (before accumulation)
+    # (epoch, start, stop) -> this process's micro-batches of optimizer steps [start, stop) of the epoch
+    # (stop None: to its end); deterministic given the epoch (mim/data/loaders.py TrainLoader)
+    loader: Callable[[int, int, int | None], Iterable[Batch]] | None = None
+    steps_per_epoch: int = 0  # optimizer steps in an epoch (global batches in the data: the same on any world size)
+    accum_steps: int = 1  # micro-batches per optimizer step on each process (mim.engine.accumulation)
     param_groups: list[dict[str, Any]] = field(default_factory=list)  # may carry "lr_scale" and "weight_decay"
     on_epoch: Callable[[int], None] | None = None  # called with the epoch before its loader is made
     after_step: Callable[[int], None] | None = None  # called with the optimizer step index
-    evaluate: Callable[[int], dict[str, float]] | None = None  # epoch -> metrics
+    evaluate: Callable[[int], dict[str, float]] | None = None  # epoch -> metrics (on every process: it may gather)
     extra_state: dict[str, Any] = field(default_factory=dict)  # objects with state_dict()
     info: dict[str, str] = field(default_factory=dict)  # facts about the run, recorded with its outputs
 
@@ -127,7 +133,7 @@ class Task:
 
 
 def scaled_lr(cfg: OptimConfig) -> float:
-    return cfg.base_lr * cfg.batch_size / 256
+    return cfg.base_lr * cfg.batch_size / 256  # the global batch, whatever the processes and accumulation
 
 
 # --- processes, threads, randomness ---------------------------------------------------------
@@ -142,41 +148,25 @@ def setup(run: RunConfig, process_group: bool = True) -> None:
     does it, as detectron2's does) the process group under torchrun."""
     if run.threads:
         torch.set_num_threads(run.threads)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest convolution once (DINO's ResNet)
     if process_group and int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
             torch.cuda.set_device(device())
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)  # timm's transforms (RandomResizedCrop, RandAugment, Mixup) draw from `random`
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 # --- building a task --------------------------------------------------------------------------
-def steps_for(n_items: int, batch_size: int, drop_last: bool = True) -> int:
-    """Loader batches per epoch for n_items split over this process."""
-    per_proc = n_items // world_size()
-    return per_proc // batch_size if drop_last else math.ceil(per_proc / batch_size)
-
-
-def local_batch(cfg: OptimConfig) -> int:
-    """Per-process loader batch so that processes x accumulation x it = cfg.batch_size."""
-    per = cfg.batch_size // (world_size() * cfg.accum_steps)
-    if per < 1 or per * world_size() * cfg.accum_steps != cfg.batch_size:
-        raise MimError(
-            f"batch_size {cfg.batch_size} is not divisible by processes ({world_size()}) x accum_steps ({cfg.accum_steps})"
-        )
-    return per
+def accumulation(global_batch: int, device_batch: int = 0, processes: int | None = None) -> int:
+    """Micro-steps per optimizer step so that each process's forward holds at most `device_batch`
+    images (0: no limit) and processes x micro-steps x per-forward = global_batch exactly."""
+    w = world_size() if processes is None else processes
+    if global_batch % w:
+        raise MimError(f"batch_size {global_batch} does not split over {w} processes; choose a multiple of {w}")
+    per = global_batch // w
+    if not device_batch or per <= device_batch:
+        return 1
+    return next(a for a in range(math.ceil(per / device_batch), per + 1) if per % a == 0)
 
 
 def make_task(
@@ -197,9 +187,9 @@ def make_task(
     the deterministic per-epoch loader.  Param groups: `param_groups(model)`, or by default
     weight decay on matrices only, with the parameters named in `no_decay` undecayed too.
     """
-    batch = local_batch(optim)
-    steps = steps_for(len(dataset), batch)  # type: ignore[arg-type]
-    if steps < optim.accum_steps:
+    accum = accumulation(optim.batch_size, run.device_batch)
+    steps = len(dataset) // optim.batch_size  # type: ignore[arg-type]
+    if steps < 1:
         where = getattr(dataset, "root", "the dataset")
         raise MimError(
             f"{where} has {len(dataset)} images, fewer than one optimizer step of {optim.batch_size}; lower batch_size"  # type: ignore[arg-type]
@@ -207,11 +197,9 @@ def make_task(
     seed_everything(run.seed)
     model = build()
 
-    def loader(epoch: int) -> Iterable[Batch]:
-        return make_loader(dataset, batch, epoch=epoch, seed=run.seed, num_workers=run.num_workers, collate_fn=collate_fn)
-
+    loader = TrainLoader(dataset, optim.batch_size, accum, seed=run.seed, num_workers=run.num_workers, collate_fn=collate_fn)
     groups = param_groups(model) if param_groups else weight_decay_groups(model, optim.weight_decay, no_decay)
-    return Task(model, optim, step, loader, steps, groups)
+    return Task(model, optim, step, loader, steps, accum, groups)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -233,11 +221,15 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
     assert optim is not None and task.step is not None and task.loader is not None
     dev = device()
     model = task.model.to(dev)
-    train_model: nn.Module = model
+    ddp: nn.parallel.DistributedDataParallel | None = None
     if dist.is_initialized():
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+    train_model: nn.Module = ddp or model
+    if run.compile:  # after DDP, so its bucketed all-reduce stays outside the graphs (DDPOptimizer)
+        train_model = torch.compile(train_model)
+    accum = task.accum_steps
 
-    opt = _make_optimizer(task.param_groups, optim)
+    opt = _make_optimizer(task.param_groups, optim, fused=dev.type == "cuda")
     budget = task.budget  # epochs, or steps: the last epoch stops at the budget
     updates_per_epoch, total, epochs = budget.steps_per_epoch, budget.total_steps, budget.epochs
     lr_sched = cosine_schedule(scaled_lr(optim), optim.min_lr, total, budget.warmup_steps)
@@ -246,8 +238,11 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
 
     # Resume only the same run: same config, same library code, same dataset manifest. DVC reruns a
     # stage when its code or data change; a finished checkpoint of the old run must not be reused then.
+    # The world size is not part of it: the global batch, the data order and the per-image
+    # augmentation are the same under any number of processes (mim/data/loaders.py).
     config = {**config, "fingerprint": inputs_fingerprint()}
-    start_epoch = 0
+    start_epoch, start_step = 0, 0
+    partial: dict[str, Any] | None = None
     hint = "it is this run's resume checkpoint: move it away (or delete it) to start the run afresh"
     state = load_checkpoint(checkpoint, hint) if checkpoint.is_file() else None
     if state is not None and state.get("config") == config and state["epoch"] + 1 <= epochs:
@@ -256,10 +251,20 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
         for name, obj in task.extra_state.items():
             obj.load_state_dict(state["extra"][name])
         start_epoch = state["epoch"] + 1
-        _say(f"{desc}: resuming from {checkpoint} after epoch {start_epoch}/{epochs}")
+        partial = state.get("partial")
+        if partial is not None and partial["epoch"] == start_epoch and start_epoch < epochs:
+            start_step = int(partial["step"])
+            _say(f"{desc}: resuming from {checkpoint} at epoch {start_epoch + 1}/{epochs}, "
+                 f"step {start_step}/{budget.steps_in(start_epoch)}")
+        else:
+            partial = None
+            _say(f"{desc}: resuming from {checkpoint} after epoch {start_epoch}/{epochs}")
     elif state is not None:
         _say(f"{desc}: {checkpoint} holds another config; starting afresh")
 
+    if world_size() > 1 or accum > 1:
+        _say(f"{desc}: global batch {optim.batch_size} = {world_size()} processes x {accum} micro-steps x "
+             f"{optim.batch_size // (world_size() * accum)} images")
     if start_epoch > 0 and is_main():
         rollback_logs(log_dir, start_epoch - 1, state.get("metrics", {}) if state else {})
     live = _live(log_dir, resume=start_epoch > 0)
@@ -269,28 +274,41 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
     use_amp = run.amp and dev.type == "cuda"
     guard = DivergenceGuard(run.divergence)
     last_good = f"the checkpoint of epoch {start_epoch} is kept" if start_epoch else "no checkpoint was written"
-    for epoch in range(start_epoch, epochs):
-        batches = budget.steps_in(epoch) * optim.accum_steps  # loader batches: fewer in a step budget's last epoch
-        seed_everything(epoch_seed(run.seed, epoch))
-        model.train()
-        sums: dict[str, float] = {}
-        n = 0
-        if task.on_epoch is not None:
-            task.on_epoch(epoch)
-        progress = _progress(itertools.islice(task.loader(epoch), batches), total=batches, desc=f"{desc} {epoch + 1}/{epochs}")
-        opt.zero_grad(set_to_none=True)
-        for i, batch in enumerate(progress):  # no batch drawn past the budget (nor its augmentation)
-            it = epoch * updates_per_epoch + i // optim.accum_steps
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, logs = task.step(train_model, _to(batch, dev))
-            value = loss.item()
-            if not math.isfinite(value):
-                raise MimError(f"{desc}: loss is {value} at epoch {epoch + 1}, batch {i}; {last_good}. Lower the lr or check the data")
-            if guard.diverged(value):
-                raise MimError(f"{desc}: loss {value:.3g} at epoch {epoch + 1}, batch {i} is over {run.divergence:g}x its running "
-                               f"median {guard.median:.3g} (run.divergence); {last_good}. Lower the lr")
-            (loss / optim.accum_steps).backward()
-            if (i + 1) % optim.accum_steps == 0:
+
+    def snapshot(epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "extra": {k: v.state_dict() for k, v in task.extra_state.items()},
+                "epoch": epoch, "config": config, "metrics": metrics, **extra}
+
+    with StopSignal() as stop:
+        for epoch in range(start_epoch, epochs):
+            n_steps = budget.steps_in(epoch)  # optimizer steps: fewer in a step budget's last epoch
+            first = start_step if epoch == start_epoch else 0
+            model.train()
+            sums: dict[str, torch.Tensor] = {}
+            n = 0
+            if epoch == start_epoch and partial is not None:
+                sums, n = {k: v.to(dev) for k, v in partial["sums"].items()}, int(partial["n"])
+            if task.on_epoch is not None:
+                task.on_epoch(epoch)
+            progress = _progress(task.loader(epoch, first, n_steps), total=(n_steps - first) * accum,
+                                 desc=f"{desc} {epoch + 1}/{epochs}")
+            batches = iter(progress)  # no batch drawn past the budget (nor its augmentation)
+            pending: list[torch.Tensor] = []  # losses since the last host sync
+            for k in range(first, n_steps):
+                it = epoch * updates_per_epoch + k
+                seed_everything(step_seed(run.seed, epoch, k, rank()))
+                for m in range(accum):
+                    sync = m + 1 == accum  # DDP all-reduces the gradients on the last micro-step only
+                    with ddp.no_sync() if ddp is not None and not sync else contextlib.nullcontext():
+                        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                            loss, logs = task.step(train_model, _to(next(batches), dev))
+                        (loss / accum).backward()
+                    pending.append(loss.detach().float())
+                    for key, v in {"loss": loss, **logs}.items():
+                        v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=dev)
+                        sums[key] = sums[key] + v if key in sums else v
+                    n += 1
                 for g in opt.param_groups:
                     g["lr"] = float(lr_sched[it]) * g.get("lr_scale", 1.0)
                     g["weight_decay"] = float(wd_sched[it]) * g["wd_scale"]
@@ -300,38 +318,105 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
                 opt.zero_grad(set_to_none=True)
                 if task.after_step is not None:
                     task.after_step(it)
-            logs = {"loss": loss.detach(), **logs}
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            n += 1
-            if hasattr(progress, "set_postfix"):
-                progress.set_postfix(loss=f"{value:.4f}", lr=f"{lr_sched[it]:.2e}", refresh=False)  # mininterval governs
-        metrics = {f"train/{k}": v / max(n, 1) for k, v in sums.items()}
-        metrics["lr"] = float(lr_sched[min((epoch + 1) * updates_per_epoch, total) - 1])
-        if task.evaluate is not None:
-            metrics.update(task.evaluate(epoch))
-        if live is not None:
-            for k, v in metrics.items():
-                live.log_metric(k, v)
-            live.next_step()
-        state = {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "extra": {k: v.state_dict() for k, v in task.extra_state.items()},
-            "epoch": epoch,
-            "config": config,
-            "metrics": metrics,
-        }
-        bad = non_finite(state)
-        if bad:  # never saved: the checkpoint on disk stays the last good one
-            raise MimError(f"{desc}: {len(bad)} tensors are not finite after epoch {epoch + 1} (e.g. {', '.join(bad[:3])}); "
-                           f"{last_good}. Lower the lr or set optim.clip_grad")
-        if is_main():
-            save_checkpoint(checkpoint, state)
-        last_good = f"the checkpoint of epoch {epoch + 1} is kept"
+                if (k + 1) % run.log_every and k + 1 != n_steps:
+                    continue
+                # the host sync of the log interval: every loss since the last one, checked in order
+                for j, value in enumerate(torch.stack(pending).tolist()):
+                    i = n - len(pending) + j  # the micro-batch's index in the epoch
+                    if not math.isfinite(value):
+                        raise MimError(f"{desc}: loss is {value} at epoch {epoch + 1}, batch {i}; {last_good}. "
+                                       "Lower the lr or check the data")
+                    if guard.diverged(value):
+                        raise MimError(f"{desc}: loss {value:.3g} at epoch {epoch + 1}, batch {i} is over {run.divergence:g}x its "
+                                       f"running median {guard.median:.3g} (run.divergence); {last_good}. Lower the lr")
+                pending.clear()
+                if hasattr(progress, "set_postfix"):
+                    progress.set_postfix(loss=f"{value:.4f}", lr=f"{lr_sched[it]:.2e}", refresh=False)  # mininterval governs
+                if stop.requested() and k + 1 < n_steps:  # a stop at an epoch's end is the epoch checkpoint's
+                    state = snapshot(epoch - 1, {"partial": {"epoch": epoch, "step": k + 1, "n": n,
+                                                            "sums": {key: v.cpu() for key, v in sums.items()}}})
+                    _save(state, checkpoint, desc, f"at epoch {epoch + 1}, step {k + 1}", last_good)
+                    stop.exit(f"{desc}: stopped by {stop.name} at epoch {epoch + 1}, step {k + 1}/{n_steps}; {checkpoint} "
+                              "holds the run: rerun the stage (`dvc repro`) to resume it")
+            keys = sorted(sums)
+            totals = all_sum([float(sums[key]) for key in keys] + [n])  # over every process's micro-batches
+            metrics = {f"train/{key}": v / max(totals[-1], 1) for key, v in zip(keys, totals)}
+            metrics["lr"] = float(lr_sched[min((epoch + 1) * updates_per_epoch, total) - 1])
+            if task.evaluate is not None:
+                metrics.update(task.evaluate(epoch))
+            if live is not None:
+                for key, v in metrics.items():
+                    live.log_metric(key, v)
+                live.next_step()
+            if (epoch + 1) % run.checkpoint_every == 0 or epoch + 1 == epochs or stop.requested():
+                _save(snapshot(epoch, {}), checkpoint, desc, f"after epoch {epoch + 1}", last_good)
+                last_good = f"the checkpoint of epoch {epoch + 1} is kept"
+                if stop.requested() and epoch + 1 < epochs:
+                    stop.exit(f"{desc}: stopped by {stop.name} after epoch {epoch + 1}; {checkpoint} holds the run: "
+                              "rerun the stage (`dvc repro`) to resume it")
     if live is not None:
         live.end()
     return metrics
+
+
+def _save(state: dict[str, Any], checkpoint: Path, desc: str, where: str, last_good: str) -> None:
+    bad = non_finite(state)
+    if bad:  # never saved: the checkpoint on disk stays the last good one
+        raise MimError(f"{desc}: {len(bad)} tensors are not finite {where} (e.g. {', '.join(bad[:3])}); "
+                       f"{last_good}. Lower the lr or set optim.clip_grad")
+    if is_main():
+        save_checkpoint(checkpoint, state)
+
+
+class Stopped(MimError):
+    """A stop signal (SIGTERM, SIGUSR1, SIGUSR2: a scheduler's preemption or time limit) ended the run after a checkpoint."""
+
+
+class StopSignal:
+    """While training: SIGTERM, SIGUSR1 and SIGUSR2 set a flag the loop reads at its next host sync
+    (every `run.log_every` steps), where every process agrees on it (an all-reduce), writes the
+    checkpoint and stops.  Whatever handled the signal before (submitit's requeue, on the SIGUSR2 it
+    asks Slurm for) runs after that."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+        self.agreed = False
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "a signal"
+
+    def requested(self) -> bool:
+        if not self.agreed:
+            flag = all_sum([1.0 if self.received is not None else 0.0])[0] if dist.is_initialized() else float(self.received is not None)
+            self.agreed = flag > 0
+            if self.agreed and self.received is None:
+                self.received = signal.SIGTERM  # another process received it
+        return self.agreed
+
+    def exit(self, message: str) -> None:
+        _say(message)
+        previous = self.previous.get(self.received or 0)
+        self.__exit__()
+        if callable(previous):  # e.g. submitit's handler: requeue the job, then exit
+            previous(self.received, None)
+        raise Stopped(message)
 
 
 LIBRARY = Path(__file__).parent  # mim/
@@ -410,11 +495,12 @@ def clip_gradients(model: nn.Module, clip: float, mode: str = "global") -> None:
             p.grad.detach().mul_(coef.clamp(max=1.0))  # no host sync per parameter, unlike DINO's `if clip_coef < 1`
 
 
-def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
+def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """`fused`: AdamW's one-kernel CUDA step (torch.optim.AdamW fused=True) instead of its per-tensor loop."""
     for g in groups:  # groups created with weight_decay 0 (norms, biases) stay undecayed
         g.setdefault("wd_scale", 1.0 if g.get("weight_decay", cfg.weight_decay) > 0 else 0.0)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=scaled_lr(cfg), betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=scaled_lr(cfg), betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=scaled_lr(cfg), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "lars":  # facebookresearch/dino main_dino.py: utils.LARS for convnets and large batches

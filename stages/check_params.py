@@ -49,10 +49,11 @@ def check_file(params: Path) -> list[str]:
     from mim import methods
     from mim.errors import ConfigError
     from mim.eval.finetune import FinetuneConfig
+    from stages.launch import read_launch
 
     # A student's own fine-tune recipe (dvc.yaml `students: {beit: {..., finetune: finetune_beit}}`)
     types = {**section_types(), **{k: FinetuneConfig for k in read_yaml(params) if str(k).startswith("finetune_")}}
-    unknown = sorted(set(read_yaml(params)) - set(types))
+    unknown = sorted(set(read_yaml(params)) - set(types) - {"launch"})
     if unknown:
         raise ConfigError(f"{params}: unknown section(s) {', '.join(unknown)}; the sections are {', '.join(sorted(types))}")
     cfgs: dict[str, Any] = {}
@@ -63,6 +64,7 @@ def check_file(params: Path) -> list[str]:
             continue
         cfgs[name] = load(params, name, cls)
     enc = cfgs["encoder"]
+    read_launch(params)  # optional (absent: local); not a dependency of any stage
 
     def fail(where: str, problems: list[tuple[str, str]]) -> None:
         for key, message in problems:
@@ -79,7 +81,7 @@ def check_file(params: Path) -> list[str]:
                                                 f"{enc.grid}x{enc.grid} patch grid; set it to {enc.grid * down}")])
     fail("detect", cfgs["detect"].check_encoder(enc))
     fail("segment", cfgs["segment"].check_encoder(enc))
-    return sorted(types)
+    return sorted(types) + (["launch"] if "launch" in read_yaml(params) else [])
 
 
 @click.command("check-params")

@@ -6,7 +6,7 @@ import click
 from mim.errors import MimError
 from stages.common import PROFILE_FILE, read_yaml
 
-PROFILES = ("smoke", "micro", "paper")
+PROFILES = ("smoke", "micro", "paper", "mini")
 
 
 class _Group(click.Group):

@@ -30,7 +30,8 @@ def fingerprint_data(params_path: Path, out: Path) -> None:
     bad = [k for k, r in roots.items() if not isinstance(r, str)]
     if bad:
         raise ConfigError(f"{params_path}: data.{bad[0]}.root must be a path or null")
-    got = trigger(roots)
+    imagenet = data.get("imagenet")
+    got = trigger(roots, imagenet.get("class_list") if isinstance(imagenet, dict) else None)
     try:
         old = json.loads(out.read_text())
     except (OSError, ValueError):

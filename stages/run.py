@@ -1,6 +1,7 @@
 """Process set-up and training for the stage commands that run the engine (mim/engine.py)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,13 @@ from stages.common import load
 
 
 def start(params: Path) -> RunConfig:
-    """The `run` section, with the process set up by it (threads, torchrun's process group)."""
+    """The `run` section, with the process set up by it (threads, torchrun's process group).
+    Under a `launch` mode other than local, the command is first handed to its launcher
+    (stages/launch.py), whose processes run it; this process then exits with its success."""
+    from stages.launch import relaunch
+
+    if relaunch(params):
+        sys.exit(0)
     run = load(params, "run", RunConfig)
     setup(run)
     return run

@@ -20,7 +20,7 @@ def token_diversity(params_path: Path, weights: Path, arch: str | None, data: Pa
     """Score a teacher's token diversity (1 - mean pairwise cosine of an image's output tokens,
     Img2Vec) over the images of params `diversity`; writes --metrics."""
     from mim.data.images import open_dataset
-    from mim.engine import device
+    from mim.engine import device, is_main
     from mim.eval.diversity import DiversityConfig, diversity
     from mim.files import write_json
     from mim.teacher.frozen import load_teacher
@@ -32,6 +32,8 @@ def token_diversity(params_path: Path, weights: Path, arch: str | None, data: Pa
     t0 = time.time()
     ds = open_dataset(data, run.num_workers or None)
     out = {**diversity(teacher, ds, cfg, device(), run.num_workers), "skipped_images": len(ds.skipped)}
+    if not is_main():
+        return
     write_json(metrics, out)  # results only: the wall time is printed, not kept where `dvc metrics diff` looks
     click.echo(f"{metrics.stem}: diversity {out['diversity']:.4f} ± {out['std']:.4f} over {out['num_images']} images, "
                f"{out['tokens_per_image']} tokens each at {out['img_size']} px ({time.time() - t0:.1f} s)")

@@ -179,3 +179,17 @@ def test_position_defaults_are_beits_and_profiles_choose():
         assert (enc.rel_pos_bias, enc.abs_pos) == want, profile
     bad = Config(model=ModelConfig(rel_pos_bias="none", abs_pos=False), optim=OptimConfig(epochs=1, batch_size=4, base_lr=1e-3))
     assert beit.check(bad, ViTConfig())[0][0] == "model.abs_pos"
+
+
+def test_the_fixed_shape_gather_is_the_boolean_gather():
+    """BEiT(num_masked=K) gathers K positions per image (no host sync, one shape): the same loss and
+    accuracy, bit for bit, as indexing with the boolean mask."""
+    torch.manual_seed(0)
+    model = BEiT(ENC, vocab_size=16).eval()
+    fixed = BEiT(ENC, vocab_size=16, num_masked=5).eval()
+    fixed.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(3)
+    mask = torch.stack([blockwise_mask(4, 4, 5, generator=g).mask for _ in range(3)])  # 5 of 16 in each
+    imgs, ids = torch.randn(3, 3, 32, 32), torch.randint(16, (3, 4, 4))
+    a, b = model(imgs, ids, mask), fixed(imgs, ids, mask)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["mask_acc"], b[1]["mask_acc"])

@@ -18,7 +18,7 @@ tokenizer:
   optim: {steps: 7, batch_size: 8, base_lr: 0.004}
 mae:
   model: {}
-  optim: {epochs: 2, batch_size: 8, accum_steps: 2, base_lr: 1.5e-3}
+  optim: {epochs: 2, batch_size: 8, base_lr: 1.5e-3}
 finetune:
   labels_per_class: 6
   optim: {steps: 10, batch_size: 4, base_lr: 4.0e-3, warmup_steps: 2}
@@ -53,7 +53,7 @@ def test_budget_prints_each_stages_steps_for_the_data(data):
     # (stage, images, batch, steps/epoch, epochs, total steps, set as ...)
     assert rows["pretrain-teacher: dino"][2:] == ["12", "4", "3", "3", "9", "3", "epochs"]  # 4 per class, none skipped in them
     assert rows["tokenizer"][1:] == ["17", "8", "2", "3.50", "7", "7", "steps"]  # 18 less the skipped one; 7 steps of 2 per epoch
-    assert rows["pretrain: mae"][2:] == ["17", "8", "2", "2", "4", "2", "epochs"]  # batches of 4, accumulated 2 per step
+    assert rows["pretrain: mae"][2:] == ["17", "8", "2", "2", "4", "2", "epochs"]  # 2 full batches of 8
     assert rows["finetune: finetune"][2:] == ["17", "4", "4", "2.50", "10", "10", "steps", "each", "student"]  # 5 + 6 + 6 labels
     assert rows["probe: linear (cached)"][3:] == ["17", "17", "1", "5", "5", "5", "epochs", "each", "student"]  # one batch of all
     assert rows["detect"][1:] == ["5", "2", "2", "2.40", "6", "6", "iterations", "each", "student"]

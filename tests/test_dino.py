@@ -140,15 +140,15 @@ def _dino_task(crash_after: int | None = None) -> tuple[Task, DINO]:
     data = [tiny_crops(2)]
     mom = momentum_schedule(TINY, 2)
 
-    def loader(epoch):
-        return [[c + 0.1 * epoch for c in crops] for crops in data]
+    def loader(epoch, start=0, stop=None):
+        return [[c + 0.1 * epoch for c in crops] for crops in data][start:stop]
 
     def evaluate(epoch):
         if epoch == crash_after:
             raise KeyboardInterrupt
         return {}
 
-    task = Task(model, OPTIM, lambda m, b: m(b), loader, 1, weight_decay_groups(model.student, 1e-4),
+    task = Task(model, OPTIM, lambda m, b: m(b), loader, steps_per_epoch=1, param_groups=weight_decay_groups(model.student, 1e-4),
                 on_epoch=lambda epoch: model.set_epoch(epoch, 2), after_step=lambda it: model.update_teacher(float(mom[it])),
                 evaluate=evaluate)
     return task, model

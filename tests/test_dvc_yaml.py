@@ -86,7 +86,7 @@ def test_stages_in_pipeline_order():
 
 
 def test_params_deps_are_result_keys_never_the_whole_run_section():
-    allowed_run = {"run.seed", "run.amp", "run.num_workers"}  # mim.engine.RunConfig: threads changes speed only
+    allowed_run = {"run.seed", "run.amp"}  # mim.engine.RunConfig: threads, workers, device_batch change speed only
     whole_file = []
     for name, st in _stages().items():
         body = st.get("do", st)

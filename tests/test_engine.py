@@ -20,14 +20,15 @@ class Boom(Exception):
     pass
 
 
-def toy_task(crash_after_epoch: int | None = None, optim: OptimConfig = OPTIM) -> Task:
+def toy_task(crash_after_epoch: int | None = None, optim: OptimConfig = OPTIM, accum: int = 1) -> Task:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 1))
     data = torch.randn(16, 4)
 
-    def loader(epoch: int):
+    def loader(epoch: int, start: int = 0, stop: int | None = None):  # micro-batches of optimizer steps [start, stop)
         g = torch.Generator().manual_seed(epoch)
-        return data[torch.randperm(16, generator=g)].split(4)
+        batches = data[torch.randperm(16, generator=g)].split(4 // accum)
+        return batches[start * accum : None if stop is None else stop * accum]
 
     def step(m, x):
         noise = torch.randn_like(x) * 0.1 + random.random() * 0.1  # torch's and Python's global RNGs, as masking and timm's transforms use
@@ -38,7 +39,8 @@ def toy_task(crash_after_epoch: int | None = None, optim: OptimConfig = OPTIM) -
             raise Boom
         return {"val": float(epoch)}
 
-    return Task(model, optim, step, loader, 4, weight_decay_groups(model, 0.05), evaluate=evaluate)
+    return Task(model, optim, step, loader, steps_per_epoch=4, accum_steps=accum, param_groups=weight_decay_groups(model, 0.05),
+                evaluate=evaluate)
 
 
 def run(task: Task, tmp: Path, config: dict | None = None):
@@ -132,14 +134,14 @@ def test_fingerprint_covers_the_code_the_run_imported_and_no_more(tmp_path):
 
 def test_make_task_checks_the_batch_seeds_the_build_and_skips_norms():
     data = torch.utils.data.TensorDataset(torch.randn(10, 4))
-    optim = OptimConfig(epochs=1, batch_size=4, accum_steps=2, base_lr=0.1)
+    optim = OptimConfig(epochs=1, batch_size=4, base_lr=0.1)
     step = lambda m, b: (m(b[0]).pow(2).mean(), {})
     build = lambda: nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
-    a = make_task(build, data, optim, RunConfig(seed=5), step)
-    b = make_task(build, data, optim, RunConfig(seed=5), step)
+    a = make_task(build, data, optim, RunConfig(seed=5, device_batch=2), step)
+    b = make_task(build, data, optim, RunConfig(seed=5, device_batch=2), step)
     assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
-    assert a.optim is optim and a.steps_per_epoch == 5  # loader batches of 4 / accum 2 = 2 images
-    assert [len(x[0]) for x in a.loader(0)] == [2] * 5
+    assert a.optim is optim and a.steps_per_epoch == 2 and a.accum_steps == 2  # 2 full batches of 4, 2 images per forward
+    assert [len(x[0]) for x in a.loader(0)] == [2] * 4
     no, decay = a.param_groups
     assert len(decay["params"]) == 1 and len(no["params"]) == 3 and no["weight_decay"] == 0
     assert [x[0].tolist() for x in a.loader(1)] == [x[0].tolist() for x in b.loader(1)]  # deterministic per epoch
@@ -293,8 +295,8 @@ def spy_steps(monkeypatch) -> list[list[tuple[float, float]]]:
     seen: list[list[tuple[float, float]]] = []
     real = mim.engine._make_optimizer
 
-    def make(groups, cfg):
-        opt = real(groups, cfg)
+    def make(groups, cfg, **kw):
+        opt = real(groups, cfg, **kw)
         step = opt.step
 
         def recording_step(*a, **k):
@@ -359,10 +361,11 @@ def test_a_step_budget_stops_mid_epoch_and_resumes_bit_identically(tmp_path, mon
 
 
 def test_a_step_budget_draws_no_batch_past_it(tmp_path):
-    task = toy_task(optim=OptimConfig(steps=5, batch_size=4, accum_steps=2, base_lr=0.5))  # 4 batches = 2 steps per epoch
+    task = toy_task(optim=OptimConfig(steps=5, batch_size=4, base_lr=0.5), accum=2)
+    task.steps_per_epoch = 2  # 4 micro-batches = 2 steps per epoch
     drawn = []
     loader = task.loader
-    task.loader = lambda epoch: (drawn.append(epoch) or b for b in loader(epoch))
+    task.loader = lambda epoch, start, stop: (drawn.append(epoch) or b for b in loader(epoch, start, stop))
     run(task, tmp_path)
     assert task.budget == Budget(steps_per_epoch=2, epochs=3, total_steps=5, warmup_steps=0)
     assert drawn == [0] * 4 + [1] * 4 + [2] * 2  # accumulation: 2 batches per step, none drawn past the 5th step
@@ -389,8 +392,8 @@ def test_the_length_is_epochs_or_steps(tmp_path):
     assert mixed.budget(5).warmup_steps == 10
     with pytest.raises(MimError, match=r"the warm-up of 16 steps is longer than the run's 12 steps"):
         mixed.budget(8)
-    assert OptimConfig(epochs=2, warmup_epochs=0.5, batch_size=4, accum_steps=2, base_lr=0.1).budget(15) == Budget(
-        steps_per_epoch=7, epochs=2, total_steps=14, warmup_steps=3)  # 15 batches of 2 -> 7 steps of 4 images
+    assert OptimConfig(epochs=2, warmup_epochs=0.5, batch_size=4, base_lr=0.1).budget(7) == Budget(
+        steps_per_epoch=7, epochs=2, total_steps=14, warmup_steps=3)
 
 
 def test_dinos_teacher_momentum_and_temperature_follow_a_step_budget(tmp_path):
@@ -417,3 +420,27 @@ def test_dinos_teacher_momentum_and_temperature_follow_a_step_budget(tmp_path):
     assert teacher({"epochs": 2}, "e") == ([float(m) for m in dino.momentum_schedule(dino.ModelConfig(), 4)], [0.02, 0.06])
     # 2 + 1 steps: the second epoch partial; the momentum schedule spans the 3 steps (not the 4 of 2 full epochs)
     assert teacher({"steps": 3}, "s") == ([float(m) for m in dino.momentum_schedule(dino.ModelConfig(), 3)], [0.02, 0.06])
+
+
+def test_compile_on_and_off_give_the_same_losses(tmp_path):
+    """run.compile: torch.compile of the model the step runs; the same losses on CPU within rounding."""
+    try:
+        torch.compile(nn.Linear(2, 2))(torch.randn(1, 2))
+    except Exception as e:  # no C++ compiler for inductor, an unsupported platform
+        pytest.skip(f"torch.compile is unavailable here: {type(e).__name__}: {e}")
+    out = {}
+    for flag in (False, True):
+        task = toy_task(optim=OptimConfig(epochs=2, batch_size=4, base_lr=0.5))
+        task.model[1].p = 0.0  # no dropout: the compiled graph draws its own random numbers
+        losses: list[float] = []
+
+        def recording(m, x, step=task.step, losses=losses):
+            loss, logs = step(m, x)
+            losses.append(float(loss))
+            return loss, logs
+
+        task.step = recording
+        fit(task, RunConfig(seed=3, compile=flag), checkpoint=tmp_path / f"{flag}.pt", log_dir=tmp_path / f"l{flag}",
+            config={"c": flag}, desc="t")
+        out[flag] = losses
+    assert len(out[True]) == 8 and out[True] == pytest.approx(out[False], rel=1e-5, abs=1e-6)

@@ -232,10 +232,10 @@ def test_resume_identical(tmp_path):
         task = build_task(SECTION, ENC, data, tiny_teacher(), run)
         real_loader = task.loader
 
-        def loader(epoch: int):
+        def loader(epoch: int, start: int = 0, stop: int | None = None):
             if epoch == crash_at_epoch:
                 raise KeyboardInterrupt  # killed during epoch 2, after epoch 1 was saved
-            return real_loader(epoch)
+            return real_loader(epoch, start, stop)
 
         task.loader = loader
         d = tmp_path / where

@@ -105,13 +105,13 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 PARAMS = """
-run: {seed: 0, num_workers: 0, amp: true, threads: 1}
+run: {seed: 0, num_workers: 0, amp: true, threads: 1, device_batch: 2}
 encoder: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}
 scratch: {}
 mae:
   model: {mask_ratio: 0.75, decoder_dim: 32, decoder_depth: 1, decoder_heads: 2, norm_pix: true}
   data: {crop_scale: [0.2, 1.0]}
-  optim: {epochs: 3, batch_size: 4, accum_steps: 2, base_lr: 1.0e-3, warmup_epochs: 1}
+  optim: {epochs: 3, batch_size: 4, base_lr: 1.0e-3, warmup_epochs: 1}
 """
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,11 @@ PARTS: dict[str, tuple[str, ...]] = {
     "coco": ("annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017", "val2017"),
     "ade20k": ("annotations", "images", "objectInfo150.txt"),
 }
+
+
+def imagenet_parts(wnids: Iterable[str]) -> tuple[str, ...]:
+    """The parts of an ImageNet root read when only classes `wnids` are used (data.imagenet.class_list)."""
+    return ("LOC_synset_mapping.txt", *(f"{split}/{w}" for split in ("train", "val") for w in sorted(wnids)))
 
 
 def real_root(root: str) -> Path:
@@ -142,25 +147,36 @@ def content_sha256(root: Path, parts: tuple[str, ...], cache: Path | None = None
     return h.hexdigest(), n
 
 
-def fingerprint(name: str, root: Path, mode: str, cache: Path | None = None) -> dict[str, Any]:
-    """The manifest's `fingerprint` entry of real dataset `name`: {mode, sha256, files}."""
+def fingerprint(name: str, root: Path, mode: str, cache: Path | None = None,
+                parts: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The manifest's `fingerprint` entry of real dataset `name`: {mode, sha256, files} of its `PARTS`
+    (or of `parts`: `imagenet_parts` of a class list)."""
+    parts = PARTS[name] if parts is None else parts
     try:
-        sha, n = content_sha256(root, PARTS[name], cache) if mode == "content" else listing_sha256(root, PARTS[name])
+        sha, n = content_sha256(root, parts, cache) if mode == "content" else listing_sha256(root, parts)
     except OSError as e:
         raise DataError(f"{name} root {root}: cannot read {e.filename}: {e.strerror}") from None
     return {"mode": mode, "sha256": sha, "files": n}
 
 
-def trigger(roots: dict[str, str]) -> dict[str, Any]:
+def trigger(roots: dict[str, str], class_list: str | None = None) -> dict[str, Any]:
     """What `fingerprint-data` writes: per real dataset (name -> its `data.*.root`), the absolute
     root, the number of files and the listing hash with ctime (see the module doc).  A root that
-    does not exist lists no files: prepare-data, next, says what is wrong with it."""
+    does not exist lists no files: prepare-data, next, says what is wrong with it.  With
+    `class_list` (data.imagenet.class_list) ImageNet's listing covers those classes only, and the
+    hash of the wnids is recorded too: an edited list reruns prepare-data."""
+    from mim.data.manifest import read_class_list  # noqa: PLC0415  (standard library only, like this module)
+
+    wnids = read_class_list(class_list) if class_list is not None and "imagenet" in roots else None
     out = {}
     for name, root in sorted(roots.items()):
         path = real_root(root)
+        parts = imagenet_parts(wnids) if name == "imagenet" and wnids is not None else PARTS[name]
         try:
-            sha, n = listing_sha256(path, PARTS[name], ctime=True)
+            sha, n = listing_sha256(path, parts, ctime=True)
         except OSError as e:
             raise DataError(f"{name} root {path}: cannot list {e.filename}: {e.strerror}") from None
         out[name] = {"root": str(path), "files": n, "listing": sha}
+        if name == "imagenet" and wnids is not None:
+            out[name]["classes"] = hashlib.sha256("\n".join(sorted(wnids)).encode()).hexdigest()
     return out

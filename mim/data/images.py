@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from mim.data.manifest import locate, read_manifest, validate_imagenet
 from mim.data.scan import imagenet_problems, report, to_rgb
@@ -35,16 +34,24 @@ def open_rgb(path: Path) -> Image.Image:
 
 
 class ImageFolder(Dataset):
-    """`<root>/<class>/<image>` with classes sorted by name -> label index."""
+    """`<root>/<class>/<image>` with classes sorted by name -> label index; `classes` keeps only those
+    sub-folders (a class list: data.imagenet.class_list), labelled in their sorted order."""
 
     def __init__(self, root: Path, transform: Callable[[Image.Image], Any] | None = None, limit_per_class: int = 0,
-                 exclude: Collection[Path] = ()) -> None:
+                 exclude: Collection[Path] = (), classes: Collection[str] | None = None) -> None:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"image folder not found: {root}")
         self.root = root
         skip = set(exclude)
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if classes is None:
+            self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        else:
+            self.classes = sorted(classes)
+            missing = [c for c in self.classes if not (root / c).is_dir()]
+            if missing:
+                raise DataError(f"{root}: class folder {missing[0]} of the dataset's class list is missing"
+                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + "; rerun prepare-data")
         if not self.classes:
             raise DataError(f"{root} has no class sub-folders (expected <class>/<image>.JPEG)")
         self.samples: list[tuple[Path, int]] = []
@@ -73,62 +80,29 @@ class ImageFolder(Dataset):
         return (self.transform(img) if self.transform else img), label
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch: the run seed and the epoch number, nothing else (resumable runs)."""
-    return seed * 100_003 + epoch
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    epoch: int,
-    seed: int,
-    shuffle: bool = True,
-    drop_last: bool = True,
-    num_workers: int = 0,
-    collate_fn: Callable[..., Any] | None = None,
-) -> DataLoader:
-    """A loader whose order and augmentation depend only on (seed, epoch): resumable runs."""
-    g = torch.Generator()
-    g.manual_seed(epoch_seed(seed, epoch))
-    sampler = None
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        sampler.set_epoch(epoch)
-        shuffle = False
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        sampler=sampler,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        generator=g,
-        collate_fn=collate_fn,
-        persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
 @dataclass(frozen=True)
 class DataRoot:
-    """An ImageNet-layout dataset: its root, and the files prepare-data left out (data.on_bad_file: skip)."""
+    """An ImageNet-layout dataset: its root, the files prepare-data left out (data.on_bad_file: skip) and
+    the classes it uses (data.imagenet.class_list; None = every class folder)."""
 
     root: Path
     skipped: frozenset[str] = frozenset()  # paths relative to root
+    classes: tuple[str, ...] | None = None  # wnids, sorted: label i is classes[i]
 
     def images(self, split: str, transform: Callable[[Image.Image], Any] | None = None, limit_per_class: int = 0) -> ImageFolder:
-        return ImageFolder(self.root / split, transform, limit_per_class, exclude={self.root / s for s in self.skipped})
+        return ImageFolder(self.root / split, transform, limit_per_class, exclude={self.root / s for s in self.skipped},
+                           classes=self.classes)
 
 
 def open_dataset(data: str | Path, workers: int | None = None) -> DataRoot:
     """The ImageNet-layout dataset `--data` names: from data/manifest.json (checked by prepare-data, with
-    its skipped files), or a dataset folder, whose layout and every image are checked here first."""
+    its skipped files and its class list), or a dataset folder (every class), whose layout and every
+    image are checked here first."""
     data = Path(data)
     if not data.is_dir():
         root = locate(data, "imagenet")  # one-line errors for a missing or broken manifest
-        return DataRoot(root, frozenset(read_manifest(data).skipped.get("imagenet", ())))
+        m = read_manifest(data)
+        return DataRoot(root, frozenset(m.skipped.get("imagenet", ())), m.imagenet_wnids)
     validate_imagenet(data)  # train/ and val/ with the same, non-empty class folders
     bad, _ = imagenet_problems(data, workers)
     if bad:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,30 @@ from mim.errors import DataError
 MANIFEST = "manifest.json"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 ADE20K_CLASSES = 150  # ADEChallengeData2016 (SceneParsing benchmark)
+WNID = re.compile(r"n\d{8}")  # a WordNet synset id, ImageNet's class folder names
+
+
+def read_class_list(path: str | Path) -> tuple[str, ...]:
+    """The wnids of a class-list file (`data.imagenet.class_list`): one per line, blank lines and
+    `#` comments skipped; a malformed or repeated wnid is a one-line DataError naming file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"class list {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    seen: dict[str, int] = {}
+    for i, line in enumerate(lines, 1):
+        w = line.split("#", 1)[0].strip()
+        if not w:
+            continue
+        if not WNID.fullmatch(w):
+            raise DataError(f"class list {path}, line {i}: {w!r} is not a wnid (n followed by 8 digits)")
+        if w in seen:
+            raise DataError(f"class list {path}, line {i}: {w} repeats line {seen[w]}")
+        seen[w] = i
+    if not seen:
+        raise DataError(f"class list {path}: lists no wnid")
+    return tuple(seen)
 
 
 # ---------------------------------------------------------------- real-path validation
@@ -35,12 +60,20 @@ def _require(root: Path, what: str, rel: Iterable[str]) -> None:
         raise DataError(f"{what} root {root}: missing {', '.join(missing)}")
 
 
-def validate_imagenet(root: Path) -> dict[str, Any]:
-    """Check `<root>/{train,val}/<wnid>/*.JPEG`; return class names and image counts."""
+def validate_imagenet(root: Path, classes: Sequence[str] | None = None, source: str = "the class list") -> dict[str, Any]:
+    """Check `<root>/{train,val}/<wnid>/*.JPEG`; return class names and image counts.
+
+    `classes` (wnids read from `source`, a class-list file) keeps only those classes: each must be a
+    folder of train/ and of val/; the others are not looked at."""
     root = Path(root)
     _require(root, "ImageNet", ("train/", "val/"))
-    train = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
-    val = sorted(d.name for d in (root / "val").iterdir() if d.is_dir())
+    if classes is not None:
+        for w in classes:
+            for split in ("train", "val"):
+                if not (root / split / w).is_dir():
+                    raise DataError(f"ImageNet root {root}: class {w} of {source} is missing from {split}/")
+    train = sorted(d.name for d in (root / "train").iterdir() if d.is_dir()) if classes is None else sorted(classes)
+    val = sorted(d.name for d in (root / "val").iterdir() if d.is_dir()) if classes is None else train
     if not train:
         raise DataError(f"ImageNet root {root}: train/ has no class folders (expected train/<wnid>/*.JPEG)")
     if val != train:
@@ -127,6 +160,7 @@ class Manifest:
     skipped: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dataset -> files left out (on_bad_file: skip)
     coco_annotations: Path | None = None  # instances_*.json without the skipped entries (None: <coco>/annotations)
     ade20k_splits: Path | None = None  # <split>.txt lists of the usable image stems (None: every image)
+    imagenet_wnids: tuple[str, ...] | None = None  # the classes read (data.imagenet.class_list), sorted; None: every folder
 
 
 def read_manifest(path: str | Path = Path("data") / MANIFEST) -> Manifest:
@@ -152,6 +186,7 @@ def read_manifest(path: str | Path = Path("data") / MANIFEST) -> Manifest:
             skipped={k: tuple(ds[k].get("skipped", {})) for k in roots},
             coco_annotations=beside("coco", ds["coco"].get("annotations")),
             ade20k_splits=beside("ade20k", ds["ade20k"].get("splits")),
+            imagenet_wnids=None if ds["imagenet"].get("wnids") is None else tuple(ds["imagenet"]["wnids"]),
         )
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{path}: not a valid dataset manifest ({type(e).__name__}: {e})") from None

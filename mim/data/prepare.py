@@ -21,10 +21,11 @@ from typing import Annotated, Any, Literal
 
 from mim.config import Check, NonNegInt, PosInt, Range
 from mim.data import synth
-from mim.data.fingerprint import fingerprint, real_root
+from mim.data.fingerprint import fingerprint, imagenet_parts, real_root
 from mim.data.manifest import (
     MANIFEST,
     Manifest,
+    read_class_list,
     read_manifest,
     validate_ade20k,
     validate_coco,
@@ -47,11 +48,19 @@ class ImageNetData:
     """ImageNet-1k in class-folder layout; root=None generates the embedded stand-in."""
 
     root: Root | None = None  # <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG
+    # A real root's classes to use: a file of wnids, one a line (`#` comments; e.g. mim/data/imagenet100.txt),
+    # relative to the working directory; null = every class folder.  Labels are the listed wnids in sorted order.
+    class_list: Root | None = None
     classes: Annotated[int, Range(2, SHAPES)] = 10  # generator only (like every field below)
     train_per_class: PosInt = 100
     val_per_class: PosInt = 20
     image_size: ImageSize = 64
     max_rotation: Tilt = 180.0  # objects tilt within +-this many degrees (180 = any orientation)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.class_list is not None and self.root is None:
+            return [("class_list", "selects classes of a real root; set root (the generated data's classes are `classes`)")]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,19 +124,33 @@ def build(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: s
     # Real paths first: a wrong path fails before minutes of generating.
     real = {"imagenet": validate_imagenet, "coco": validate_coco, "ade20k": validate_ade20k}
     errors = []
+    wnids = None
+    if cfg.imagenet.class_list is not None:
+        if cfg.imagenet.root is None:
+            raise DataError(f"{where}.imagenet.class_list selects classes of a real root; set {where}.imagenet.root")
+        try:
+            wnids = read_class_list(cfg.imagenet.class_list)
+        except DataError as e:
+            raise DataError(f"{e} (set in {where}.imagenet.class_list)") from None
     for name, check in real.items():
         root = getattr(cfg, name).root
         if root is not None:
             path = real_root(root)
             try:
-                ds[name] = {"root": str(path), "embedded": False, **check(path)}
+                if name == "imagenet" and wnids is not None:
+                    ds[name] = {"root": str(path), "embedded": False, **validate_imagenet(path, wnids, cfg.imagenet.class_list),
+                                "class_list": cfg.imagenet.class_list, "wnids": sorted(wnids)}
+                else:
+                    ds[name] = {"root": str(path), "embedded": False, **check(path)}
             except DataError as e:
-                errors.append(f"{e} (set in {where}.{name}.root)")
+                keys = "root and .class_list" if name == "imagenet" and wnids is not None else "root"
+                errors.append(f"{e} (set in {where}.{name}.{keys})")
     if errors:
         raise DataError("; ".join(errors))
     for name in ds:  # before the scan: a file changed while it runs reruns prepare-data next time
         content_cache = None if cache is None else Path(cache) / f"content-{name}.json"
-        ds[name]["fingerprint"] = fingerprint(name, Path(ds[name]["root"]), cfg.fingerprint, content_cache)
+        ds[name]["fingerprint"] = fingerprint(name, Path(ds[name]["root"]), cfg.fingerprint, content_cache,
+                                              parts=imagenet_parts(wnids) if name == "imagenet" and wnids else None)
 
     if cfg.imagenet.root is None:
         c = cfg.imagenet
@@ -153,25 +176,29 @@ def build(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: s
         ds["ade20k"] = {"root": rel, "embedded": True, "sha256": tree_sha256(out / rel), **info}
     for name in ("imagenet", "coco", "ade20k"):
         root = Path(ds[name]["root"]) if not ds[name]["embedded"] else out / ds[name]["root"]
-        ds[name].update(check_files(name, root, ds[name]["classes"], cfg, out, where, cache, workers))
+        ds[name].update(check_files(name, root, ds[name]["classes"], cfg, out, where, cache, workers, ds[name].get("wnids")))
     # the generating params: a regenerated dataset changes the manifest, so training stages restart
-    # (not `fingerprint`: it changes a real dataset's fingerprint entry instead, and no generated file)
+    # (not `fingerprint`: it changes a real dataset's fingerprint entry instead, and no generated file;
+    # nor a null class_list, so that manifests written before the key existed stay the same bytes)
     params = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "fingerprint"}
+    if cfg.imagenet.class_list is None:
+        del params["imagenet"]["class_list"]
     manifest = {"version": 2, "seed": cfg.seed, "params": params, **ds}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
 def check_files(name: str, root: Path, classes: int, cfg: DatasetsConfig, out: Path, where: str, cache: Path | None,
-                workers: int | None) -> dict[str, Any]:
-    """Decode every image (and check ADE20K's label maps, COCO's annotations) of dataset `name`.
+                workers: int | None, wnids: list[str] | None = None) -> dict[str, Any]:
+    """Decode every image (and check ADE20K's label maps, COCO's annotations) of dataset `name`
+    (of ImageNet, the classes `wnids` only, when given).
 
     Returns the manifest's additions: `checked` counts and, with on_bad_file skip, the `skipped`
     files and, for COCO and ADE20K, the annotation files / split lists without them (under `out`)."""
     cache_file = None if cache is None else Path(cache) / f"scan-{name}.json"
     extra: dict[str, Any] = {}
     if name == "imagenet":
-        bad, checked = imagenet_problems(root, workers, cache_file)
+        bad, checked = imagenet_problems(root, workers, cache_file, wnids)
     elif name == "ade20k":
         bad, pairs = ade20k_problems(root, classes, workers, cache_file)
         checked = len(pairs)

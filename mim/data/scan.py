@@ -139,9 +139,12 @@ def report(bad: dict[str, str], root: Path, what: str, hint: str) -> DataError:
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
-def imagenet_problems(root: Path, workers: int | None = None, cache: Path | None = None) -> tuple[dict[str, str], int]:
-    """Bad images of `<root>/{train,val}/<class>/*` and how many were checked."""
-    files = [p for split in ("train", "val") for p in sorted((root / split).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+def imagenet_problems(root: Path, workers: int | None = None, cache: Path | None = None,
+                      classes: Iterable[str] | None = None) -> tuple[dict[str, str], int]:
+    """Bad images of `<root>/{train,val}/<class>/*` (the `classes` folders only, when given) and how many were checked."""
+    folders = [root / split for split in ("train", "val")] if classes is None else \
+        [root / split / c for split in ("train", "val") for c in sorted(classes)]
+    files = [p for d in folders for p in sorted(d.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     return scan(files, root, workers=workers, cache=cache), len(files)
 
 

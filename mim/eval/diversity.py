@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from mim.config import NonNegInt, PosInt
-from mim.data.images import DataRoot, make_loader
+from mim.data.images import DataRoot
+from mim.data.loaders import eval_loader
 from mim.data.transforms import eval_transform
+from mim.dist import gather_rows
 from mim.engine import require_finite
 from mim.errors import MimError
 from mim.teacher.frozen import Teacher, describe
@@ -54,30 +56,28 @@ def token_diversity(tokens: torch.Tensor) -> torch.Tensor:
 
 
 class DiversityMeter:
-    """Running mean / std of per-image diversity (float64 sums: nothing kept per image)."""
+    """Mean / std of per-image diversity: one float64 per image is kept (8 bytes: 10 MB for ImageNet's
+    1.28M), so that under torchrun the values of every process's shard are gathered in dataset order
+    and summed as one process sums them (the same number, not one within rounding)."""
 
     def __init__(self) -> None:
-        self.n = 0
-        self.sum = 0.0
-        self.sumsq = 0.0
+        self.values: list[torch.Tensor] = []
         self.tokens_per_image = 0
 
     def update(self, tokens: torch.Tensor) -> None:
         """tokens (N, K, C) or a grid (N, h, w, C)."""
         if tokens.ndim == 4:
             tokens = tokens.flatten(1, 2)  # (N, h*w, C)
-        d = token_diversity(tokens)
-        self.n += d.numel()
-        self.sum += float(d.sum())
-        self.sumsq += float((d * d).sum())
+        self.values.append(token_diversity(tokens))  # (N,) float64, on the tokens' device
         self.tokens_per_image = tokens.shape[1]
 
     def result(self) -> dict[str, float]:
-        if self.n == 0:
+        d = gather_rows(torch.cat(self.values)) if self.values else torch.zeros(0, dtype=torch.float64)
+        if len(d) == 0:
             raise ValueError("no images scored")
-        mean = self.sum / self.n
-        var = max(self.sumsq / self.n - mean * mean, 0.0)
-        return {"diversity": mean, "std": math.sqrt(var), "num_images": self.n, "tokens_per_image": self.tokens_per_image}
+        mean = float(d.sum()) / len(d)
+        var = max(float((d * d).sum()) / len(d) - mean * mean, 0.0)
+        return {"diversity": mean, "std": math.sqrt(var), "num_images": len(d), "tokens_per_image": self.tokens_per_image}
 
 
 @torch.no_grad()
@@ -106,6 +106,6 @@ def diversity(teacher: Teacher, data: DataRoot, cfg: DiversityConfig, device: to
     """Token diversity of `teacher` over `<root>/<cfg.split>`, with its size and input resolution."""
     size = teacher_input_size(teacher, cfg.img_size)
     images = data.images(cfg.split, eval_transform(size), cfg.limit_per_class)
-    batches = make_loader(images, cfg.batch_size, epoch=0, seed=0, shuffle=False, drop_last=False, num_workers=num_workers)
+    batches = eval_loader(images, cfg.batch_size, num_workers=num_workers)
     info = describe(teacher)
     return {**score_teacher(teacher, batches, device), "params_m": info["params_m"], "img_size": size, "stride": info["stride"]}

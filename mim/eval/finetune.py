@@ -21,8 +21,10 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import Dataset
 
+from mim import dist
 from mim.config import DropRate, Fraction, LayerDecay, NonNegFloat, NonNegInt, PosInt, Scale, to_dict
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot, make_loader
+from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot
+from mim.data.loaders import eval_loader
 from mim.encoder_file import EncoderFile
 from mim.engine import OptimConfig, RunConfig, Task, fit, is_main, make_task, require_finite
 from mim.errors import MimError
@@ -137,15 +139,17 @@ def _clamp_posterize(transform: Any) -> None:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, topk: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Top-k accuracy in percent over a dataset of (image, label)."""
+def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, topk: tuple[int, ...] = (1, 5),
+             num_workers: int = 0) -> dict[str, float]:
+    """Top-k accuracy in percent over a dataset of (image, label).  Under torchrun each process
+    counts its shard (every image once) and the counts are summed: the same number as one process."""
     was_training = model.training
     model.eval()
+    dist.broadcast_buffers(model)
     dev = next(model.parameters()).device
     correct = {k: 0 for k in topk}
     total = 0
-    loader = make_loader(dataset, batch_size, epoch=0, seed=0, shuffle=False, drop_last=False)
-    for imgs, labels in loader:
+    for imgs, labels in eval_loader(dataset, batch_size, num_workers=num_workers):
         logits = require_finite(model(imgs.to(dev)).float(), "the fine-tuned classifier's logits")
         labels = labels.to(dev)
         top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices  # (N, k)
@@ -154,7 +158,8 @@ def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, topk: tuple[in
             correct[k] += int(hit[:, :k].any(dim=1).sum())
         total += len(labels)
     model.train(was_training)
-    return {f"top{k}": 100.0 * correct[k] / max(total, 1) for k in topk}
+    *hits, total = dist.all_sum([correct[k] for k in topk] + [total])
+    return {f"top{k}": 100.0 * h / max(total, 1) for k, h in zip(topk, hits)}
 
 
 def finetune_task(encoder: EncoderFile, data: DataRoot, cfg: FinetuneConfig, run: RunConfig) -> Task:
@@ -195,7 +200,7 @@ def finetune_task(encoder: EncoderFile, data: DataRoot, cfg: FinetuneConfig, run
         last = epoch + 1 == epochs
         if not last and not (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
             return {}
-        return {f"val/{k}": v for k, v in accuracy(model, val, cfg.eval_batch_size).items()}
+        return {f"val/{k}": v for k, v in accuracy(model, val, cfg.eval_batch_size, num_workers=run.num_workers).items()}
 
     t.evaluate = evaluate
     return t

@@ -28,8 +28,10 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
+from mim import dist
 from mim.config import Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt, to_dict
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot, make_loader
+from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot
+from mim.data.loaders import eval_loader
 from mim.data.transforms import eval_transform
 from mim.encoder_file import EncoderFile
 from mim.engine import OptimConfig, RunConfig, Task, device, fit, make_task, require_finite
@@ -75,17 +77,20 @@ class ProbeConfig:
 
 
 @torch.no_grad()
-def extract_features(encoder: ViTEncoder, dataset: Dataset, batch_size: int, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, D): cls token after the final norm, labels (N,)) in dataset order; `amp`: bf16 autocast on CUDA."""
+def extract_features(encoder: ViTEncoder, dataset: Dataset, batch_size: int, amp: bool = False,
+                     num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D): cls token after the final norm, labels (N,)) of the whole dataset in its order,
+    on the encoder's device; `amp`: bf16 autocast on CUDA.  Under torchrun each process embeds its
+    shard and every process gets all rows (mim/dist.py gather_rows)."""
     encoder.eval()
     dev = next(encoder.parameters()).device
     feats, labels = [], []
-    for imgs, y in make_loader(dataset, batch_size, epoch=0, seed=0, shuffle=False, drop_last=False):
+    for imgs, y in eval_loader(dataset, batch_size, num_workers=num_workers):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
-            x = encoder.forward_features(imgs.to(dev))[:, 0]  # (N, D)
-        feats.append(require_finite(x.float(), "the encoder's features").cpu())
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+            x = encoder.forward_features(imgs.to(dev, non_blocking=True))[:, 0]  # (N, D)
+        feats.append(require_finite(x.float(), "the encoder's features"))
+        labels.append(y.to(dev))
+    return dist.gather_rows(torch.cat(feats)), dist.gather_rows(torch.cat(labels))
 
 
 def linear_head(dim: int, num_classes: int) -> nn.Sequential:
@@ -115,7 +120,7 @@ def linear_probe(
     """The cached protocol: train the head on frozen features; top-1/top-5 (%) on val."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    head = linear_head(train_feats.shape[1], num_classes)
+    head = linear_head(train_feats.shape[1], num_classes).to(train_feats.device)  # on the features' device (the GPU)
     batch = min(cfg.batch_size, len(train_feats))
     steps = len(train_feats) // batch
     lr = cfg.base_lr * batch / 256
@@ -135,9 +140,10 @@ def linear_probe(
             for group in opt.param_groups:
                 group["lr"] = float(sched[epoch * steps + i])
             loss = loss_fn(head(train_feats[idx]), train_labels[idx])
-            if not math.isfinite(loss.item()):
-                raise MimError(f"the linear probe diverged (loss {loss.item()} at epoch {epoch + 1}); lower probe.linear.base_lr")
-            total += loss.item()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise MimError(f"the linear probe diverged (loss {value} at epoch {epoch + 1}); lower probe.linear.base_lr")
+            total += value
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -194,11 +200,12 @@ class EpochLosses:
         self.means.append(float(self._sum) / max(self._n, 1))
         self._sum, self._n = 0.0, 0
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"means": list(self.means)}
+    def state_dict(self) -> dict[str, Any]:  # with the running sum: a mid-epoch checkpoint resumes it
+        return {"means": list(self.means), "sum": float(self._sum), "n": self._n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.means = [float(v) for v in state["means"]]
+        self._sum, self._n = float(state.get("sum", 0.0)), int(state.get("n", 0))
 
 
 def augmented_task(encoder: ViTEncoder, train: Dataset, val: Dataset, num_classes: int, cfg: ProbeConfig, run: RunConfig) -> Task:
@@ -226,10 +233,11 @@ def augmented_task(encoder: ViTEncoder, train: Dataset, val: Dataset, num_classe
         if epoch + 1 < lin.epochs:
             return {}
         check_divergence(losses.means, num_classes)
-        x_val, y_val = extract_features(encoder, val, cfg.batch_size, amp=run.amp)
+        x_val, y_val = extract_features(encoder, val, cfg.batch_size, amp=run.amp, num_workers=run.num_workers)
         head.eval()
+        dist.broadcast_buffers(head)  # BatchNorm's running statistics of rank 0 (each process's last step updated its own)
         with torch.no_grad():
-            scores = require_finite(head(x_val.to(next(head.parameters()).device)).float().cpu(), "the linear probe's logits")
+            scores = require_finite(head(x_val.to(next(head.parameters()).device)).float(), "the linear probe's logits")
         return {"val/top1": topk_accuracy(scores, y_val, 1), "val/top5": topk_accuracy(scores, y_val, 5)}
 
     t.evaluate = evaluate
@@ -245,8 +253,8 @@ def probe(encoder: EncoderFile, data: DataRoot, cfg: ProbeConfig, run: RunConfig
     enc = encoder.build().to(device())
     tf = eval_transform(enc.cfg.img_size)
     train, val = data.images("train", tf), data.images("val", tf)
-    x_train, y_train = extract_features(enc, train, cfg.batch_size)
-    x_val, y_val = extract_features(enc, val, cfg.batch_size)
+    x_train, y_train = extract_features(enc, train, cfg.batch_size, num_workers=run.num_workers)
+    x_val, y_val = extract_features(enc, val, cfg.batch_size, num_workers=run.num_workers)
     n_cls = len(train.classes)
     scores = knn_classify(x_train, y_train, x_val, n_cls, cfg.knn.k, cfg.knn.temperature)
     if cfg.linear.protocol == "cached":

@@ -80,8 +80,11 @@ def num_masked(cfg: ModelConfig, grid: int) -> int:
 
 
 class BEiT(nn.Module):
-    def __init__(self, enc_cfg: ViTConfig, vocab_size: int, init_std: float = 0.02) -> None:
+    def __init__(self, enc_cfg: ViTConfig, vocab_size: int, init_std: float = 0.02, num_masked: int | None = None) -> None:
+        """`num_masked`: the patches every mask holds (BEiTTransform's exact count): the loss then gathers
+        a fixed (N, num_masked) set of positions, no host sync and no data-dependent shape."""
         super().__init__()
+        self.num_masked = num_masked
         self.encoder = ViTEncoder(enc_cfg)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, enc_cfg.embed_dim))
         self.head = nn.Linear(enc_cfg.embed_dim, vocab_size)
@@ -110,8 +113,14 @@ class BEiT(nn.Module):
     def forward_loss(self, feats: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy of the token ids at masked positions only; logs the masked-token accuracy."""
         m = mask.flatten(1)  # (N, L)
-        logits = self.head(feats[:, 1:][m])  # (M, V), M = masked patches in the batch
-        target = ids.flatten(1)[m]  # (M,)
+        if self.num_masked is None:
+            logits = self.head(feats[:, 1:][m])  # (M, V), M = masked patches in the batch
+            target = ids.flatten(1)[m]  # (M,)
+        else:  # the same positions in the same (row-major) order: a stable sort puts the masked ones first
+            pos = torch.argsort((~m).to(torch.uint8), dim=1, stable=True)[:, : self.num_masked]  # (N, K)
+            x = torch.gather(feats[:, 1:], 1, pos.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))  # (N, K, D)
+            logits = self.head(x.flatten(0, 1))  # (N*K, V)
+            target = torch.gather(ids.flatten(1), 1, pos).flatten()  # (N*K,)
         loss = F.cross_entropy(logits.float(), target)
         acc = (logits.argmax(-1) == target).float().mean()
         return loss, {"mask_acc": acc.detach()}
@@ -191,6 +200,8 @@ def task(cfg: Config, inputs: Inputs) -> Task:
         ids = tokenizer.to(imgs.device).tokens(tok_imgs)  # (N, h, w), frozen, no grad
         return model(imgs, ids, mask)
 
-    t = make_task(lambda: BEiT(enc_cfg, tokenizer.vocab_size, cfg.model.init_std), images, cfg.optim, inputs.run, step, no_decay=VIT_TOKENS)
+    k = num_masked(cfg.model, enc_cfg.grid)  # every mask's exact count (BEiTTransform)
+    t = make_task(lambda: BEiT(enc_cfg, tokenizer.vocab_size, cfg.model.init_std, k), images, cfg.optim, inputs.run, step,
+                  no_decay=VIT_TOKENS)
     t.info = {"tokenizer": tokenizer.kind}
     return t

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from mim.engine import Task, seed_everything
+from mim.data.loaders import seed_everything
+from mim.engine import Task
 from mim.methods import Inputs
 from mim.vit import ViTEncoder
 

@@ -45,7 +45,7 @@ STATED: dict[str, Stated | None] = {
     'dino.data.global_scale': None,  # NOT FOUND in the DINO RN-50 args.txt copies; the README RN-50 command and papers.md DINO (RN-50 0.14-1) kept
     'dino.data.local_scale': None,  # NOT FOUND in the DINO RN-50 args.txt copies; the README RN-50 command kept
     'dino.optim.epochs': Stated(800, 'DINO RN-50 args.txt epochs 800'),
-    'dino.optim.batch_size': Stated(4080, 'facebookresearch/dino issue 133: 4080 on 80 GPUs (batch_size_per_gpu=51, quoted there); SyncBatchNorm over all of it as DINO; accum_steps to fit fewer GPUs (BN then sees less)'),
+    'dino.optim.batch_size': Stated(4080, 'facebookresearch/dino issue 133: 4080 on 80 GPUs (batch_size_per_gpu=51, quoted there); SyncBatchNorm over all of it as DINO; run.device_batch accumulates to fit fewer GPUs (BN then sees less)'),
     'dino.optim.base_lr': Stated(0.3, "DINO RN-50 args.txt lr 0.3 (x batch/256, main_dino.py's linear scaling: 4.78 at 4080)"),
     'dino.optim.optimizer': Stated('lars', 'DINO RN-50 args.txt optimizer lars (dino utils.py LARS = mim/lars.py)'),
     'dino.optim.momentum': Stated(0.9, 'facebookresearch/dino utils.py LARS default (no flag)'),
@@ -221,7 +221,7 @@ STATED: dict[str, Stated | None] = {
     'segment.slide_stride': Stated(256, 'mmseg configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py test_cfg stride=(256, 256) with 512 crops (341 is the BEiT config\'s)'),
 }
 
-OPERATIONAL_SECTIONS = ("run.", "data.", "tables.")  # process set-up, dataset paths, report options
+OPERATIONAL_SECTIONS = ("run.", "data.", "tables.", "launch.")  # process set-up, dataset paths, report options, launcher
 OPERATIONAL: tuple[str, ...] = (
     'dino.source',
     'dino.checkpoint',

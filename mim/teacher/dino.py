@@ -30,8 +30,10 @@ from torch import nn
 from torchvision import transforms as T
 
 from mim.config import DropRate, Fraction, Momentum, NonNegInt, PosFloat, PosInt, Scale
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot, ImageFolder, make_loader
+from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot, ImageFolder
+from mim.data.loaders import eval_loader
 from mim.data.transforms import eval_transform
+from mim.dist import gather_rows
 from mim.engine import OptimConfig, RunConfig, Task, device, make_task, require_finite
 from mim.eval.knn import knn_classify, topk_accuracy
 from mim.param_groups import weight_decay_groups
@@ -339,8 +341,9 @@ class DINO(nn.Module):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """teacher <- m * teacher + (1 - m) * student, parameters only (DINO); buffers stay."""
-        for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
-            pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+        teacher, student = list(self.teacher.parameters()), [p.detach() for p in self.student.parameters()]
+        torch._foreach_mul_(teacher, momentum)  # one fused kernel per dtype/device group, not a Python loop per tensor
+        torch._foreach_add_(teacher, student, alpha=1 - momentum)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Teacher temperature of this epoch; freezes the head's last layer in the first epochs."""
@@ -375,6 +378,8 @@ def task(cfg: Config, run: RunConfig, data: DataRoot) -> Task:
         dino = DINO(cfg.model, cfg.data)
         if dist.is_initialized():
             dino = nn.SyncBatchNorm.convert_sync_batchnorm(dino)  # as DINO does for ResNets
+        if torch.cuda.is_available():  # NHWC convolutions (tensor cores); the crops follow the weights' layout
+            dino = dino.to(memory_format=torch.channels_last)
         return dino
 
     def step(model: nn.Module, batch: tuple[list[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -395,13 +400,15 @@ def task(cfg: Config, run: RunConfig, data: DataRoot) -> Task:
 
     @torch.no_grad()
     def features(dataset: ImageFolder) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image's pooled feature (N, C) and label, in dataset order, on the device: each process
+        embeds its shard and gathers the rest, so the k-NN sees the full bank under any world size."""
         backbone = dino.teacher.backbone
         feats, labels = [], []
-        for x, y in make_loader(dataset, 64, epoch=0, seed=run.seed, shuffle=False, drop_last=False, num_workers=run.num_workers):
-            f = require_finite(pooled(backbone, x.to(device())).float(), "the DINO teacher's k-NN features")
-            feats.append(f.cpu())  # (B, C) pooled last stage
-            labels.append(y)
-        return torch.cat(feats), torch.cat(labels)
+        for x, y in eval_loader(dataset, 64, num_workers=run.num_workers):
+            x = x.to(device(), non_blocking=True).contiguous(memory_format=torch.channels_last)
+            feats.append(require_finite(pooled(backbone, x).float(), "the DINO teacher's k-NN features"))  # (B, C) pooled last stage
+            labels.append(y.to(device()))
+        return gather_rows(torch.cat(feats)), gather_rows(torch.cat(labels))
 
     def evaluate(epoch: int) -> dict[str, float]:
         """Weighted k-NN top-1 (DINO protocol) of the teacher backbone, in eval mode."""

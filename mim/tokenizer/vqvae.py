@@ -21,9 +21,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mim import dist as procs
 from mim.config import Momentum, NonNegFloat, NonNegInt, PosInt, Range, Scale
-from mim.data.images import DataRoot, make_loader
-from mim.engine import OptimConfig, RunConfig, Task, local_batch, make_task, require_finite
+from mim.data.images import DataRoot
+from mim.data.loaders import eval_loader
+from mim.engine import OptimConfig, RunConfig, Task, make_task, require_finite
 from mim.errors import MimError
 from mim.tokenizer.frozen import Tokenizer, vqvae_tokenizer
 
@@ -226,27 +228,30 @@ def transforms(image_size: int, crop_scale: tuple[float, float]) -> tuple[Any, A
 
 @torch.no_grad()
 def evaluate_tokenizer(tok: Tokenizer, loader: Any) -> dict[str, float]:
-    """Code usage and perplexity over `loader`; for a VQ-VAE also reconstruction MSE and PSNR."""
+    """Code usage and perplexity over `loader`; for a VQ-VAE also reconstruction MSE and PSNR.
+    Under torchrun each process scores its shard (mim/data/loaders.py eval_loader) and the ids and
+    per-image errors are gathered in dataset order: the same numbers as one process."""
     dev = next(tok.net.parameters()).device
-    all_ids, se, n = [], 0.0, 0
+    all_ids, errors, pixels = [], [], 0
     for imgs, _ in loader:
         imgs = imgs.to(dev)
-        all_ids.append(tok.tokens(imgs).cpu())
+        all_ids.append(tok.tokens(imgs))
         if tok.kind == "vqvae":
             recon = require_finite(tok.net(imgs)[0], "the tokenizer's reconstructions")
-            se += float(((recon.float().clamp(-1, 1) + 1) / 2 - imgs).pow(2).sum())
-            n += imgs.numel()
-    out = code_stats(torch.cat(all_ids), tok.vocab_size)
-    if n:
-        mse = se / n  # pixels in [0, 1]
+            errors.append(((recon.float().clamp(-1, 1) + 1) / 2 - imgs).pow(2).flatten(1).sum(1).double())  # (B,)
+            pixels = imgs[0].numel()
+    ids = procs.gather_rows(torch.cat(all_ids))
+    out = code_stats(ids.cpu(), tok.vocab_size)
+    if tok.kind == "vqvae":
+        se = procs.gather_rows(torch.cat(errors))
+        mse = float(se.sum()) / (len(se) * pixels)  # pixels in [0, 1]
         out.update(recon_mse=mse, psnr=10 * math.log10(1 / max(mse, 1e-12)))
     return out
 
 
 def val_loader(data: DataRoot, image_size: int, batch_size: int, run: RunConfig) -> Any:
     _, val_tf = transforms(image_size, (1.0, 1.0))
-    return make_loader(data.images("val", val_tf), batch_size, epoch=0, seed=run.seed, shuffle=False,
-                       drop_last=False, num_workers=run.num_workers)
+    return eval_loader(data.images("val", val_tf), batch_size, num_workers=run.num_workers)
 
 
 def task(cfg: Config, run: RunConfig, data: DataRoot) -> Task:
@@ -264,7 +269,7 @@ def task(cfg: Config, run: RunConfig, data: DataRoot) -> Task:
     t = make_task(lambda: VQVAE(cfg.model), train, cfg.optim, run, step)
     model: VQVAE = t.model  # type: ignore[assignment]
     tok = vqvae_tokenizer(model, freeze=False)  # a view: evaluation reads the weights being trained
-    val = val_loader(data, cfg.model.image_size, local_batch(cfg.optim), run)
+    val = val_loader(data, cfg.model.image_size, cfg.optim.batch_size // (procs.world_size() * t.accum_steps), run)
 
     def evaluate(epoch: int) -> dict[str, float]:
         model.eval()
