@@ -1,5 +1,6 @@
 """Typed, frozen configuration: plain data (a params section) -> dataclasses that reject unknown keys.
-`read_mapping` reads a file of plain data (a metrics JSON; the stages hand it YAML's parser).
+`read_mapping` reads a file of plain data (a metrics JSON; the stages hand it YAML's parser), and
+`parse_mapping` the same from text (a file at another git revision).
 
 Allowed values are declared on the fields, so every key is checked where it is read:
 `mask_ratio: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)]`, `epochs: PosInt`,
@@ -212,13 +213,20 @@ def read_mapping(path: str | Path, what: str, fmt: str = "JSON", parse: Callable
     path = Path(path)
     if not path.is_file():
         raise error(f"{what} not found: {path}")
+    return parse_mapping(path.read_text(), str(path), fmt, parse, error)
+
+
+def parse_mapping(text: str, where: str, fmt: str = "JSON", parse: Callable[[str], Any] = json.loads,
+                  error: type[MimError] = MimError) -> dict[str, Any]:
+    """`text` holding one mapping (a file's, or `git show REV:PATH`'s), parsed by `parse`; one-line
+    errors start with `where`."""
     try:
-        data = parse(path.read_text())
+        data = parse(text)
     except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: the parser's own message, on one line
         mark = getattr(e, "problem_mark", None)  # YAML: where it went wrong
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        text = getattr(e, "problem", None) or " ".join(str(e).split())
-        raise error(f"{path}: not valid {fmt}{where}: {text}") from None
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        message = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise error(f"{where}: not valid {fmt}{at}: {message}") from None
     if not isinstance(data, dict):
-        raise error(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        raise error(f"{where}: top level must be a mapping, got {type(data).__name__}")
     return data

@@ -42,13 +42,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def yaml_text(text: str, where: str) -> dict[str, Any]:
     """A params file's text (e.g. from `git show REV:params/smoke.yaml`) as plain data; `where` names it in errors."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of sections")
-    return data
+    from mim.config import parse_mapping
+
+    return parse_mapping(text, where, "YAML", yaml.safe_load, ConfigError)
 
 
 def section(path: str | Path, name: str) -> Any:

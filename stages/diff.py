@@ -67,17 +67,12 @@ def _lock(text: str | None, where: str) -> dict[str, Any] | None:
 
 
 def _values(text: str | None, where: str) -> dict[str, float]:
-    import json
+    from mim.config import parse_mapping
 
     if text is None:
         raise MimError(f"{where}: no {RESULTS} (it is written by the tables stage: run `dvc repro`, or pick a revision "
                        "made after the tables stage wrote it)")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise MimError(f"{where}: not JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise MimError(f"{where}: expected an object of numbers")
+    data = parse_mapping(text, where)
     return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 

@@ -119,11 +119,11 @@ class Masked(Dataset):
 
 
 def training(run_dir: str, epochs: int = 2, device_batch: int = 0, stop_at: tuple[int, int, int] | None = None,
-             crash_after_epoch: int | None = None, draws: bool = False) -> dict:
+             crash_after_epoch: int | None = None, draws: bool = False, workers: int = 0) -> dict:
     """A linear model trained on Masked under the engine: global batch 8, 3 steps per epoch."""
     from mim.dist import rank
 
-    run = RunConfig(seed=4, device_batch=device_batch)
+    run = RunConfig(seed=4, device_batch=device_batch, num_workers=workers)
     seen: list[torch.Tensor] = []
     position = {"epoch": 0, "step": 0}
 
@@ -186,14 +186,15 @@ def test_a_checkpoint_written_under_two_processes_resumes_under_one(tmp_path):
     assert close(resumed["weights"], full["weights"])
 
 
-@pytest.mark.parametrize("world", [1, 2])
-def test_a_stop_signal_mid_epoch_leaves_a_checkpoint_the_rerun_ends_identical_from(tmp_path, world):
-    full = in_processes(world, tmp_path / "a", "train", run_dir=str(tmp_path / "full"), epochs=3)[0]
-    stopped = in_processes(world, tmp_path / "b", "train", run_dir=str(tmp_path / "run"), epochs=3, stop_at=(1, 1, world - 1))
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 0), (1, 2)])  # 2 persistent loader workers
+def test_a_stop_signal_mid_epoch_leaves_a_checkpoint_the_rerun_ends_identical_from(tmp_path, world, workers):
+    full = in_processes(world, tmp_path / "a", "train", run_dir=str(tmp_path / "full"), epochs=3)[0]  # no workers
+    stopped = in_processes(world, tmp_path / "b", "train", run_dir=str(tmp_path / "run"), epochs=3, stop_at=(1, 1, world - 1),
+                           workers=workers)
     for r in stopped:  # every process stops at the same step, whichever received the signal
         assert r["stopped"].startswith("toy: stopped by SIGTERM at epoch 2, step 2/3")
     state = load_checkpoint(tmp_path / "run" / "c.pt")
     assert state["epoch"] == 0 and state["partial"]["epoch"] == 1 and state["partial"]["step"] == 2
-    resumed = in_processes(world, tmp_path / "c", "train", run_dir=str(tmp_path / "run"), epochs=3)[0]
+    resumed = in_processes(world, tmp_path / "c", "train", run_dir=str(tmp_path / "run"), epochs=3, workers=workers)[0]
     assert all(torch.equal(resumed["weights"][k], full["weights"][k]) for k in full["weights"])  # bit-identical
     assert load_checkpoint(tmp_path / "run" / "c.pt").get("partial") is None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -444,3 +444,31 @@ def test_compile_on_and_off_give_the_same_losses(tmp_path):
             config={"c": flag}, desc="t")
         out[flag] = losses
     assert len(out[True]) == 8 and out[True] == pytest.approx(out[False], rel=1e-5, abs=1e-6)
+
+
+def test_syncing_every_k_steps_checks_and_logs_what_every_step_would(tmp_path, monkeypatch):
+    """run.log_every: the host syncs come every k steps, over every loss since the last one, in order."""
+    import mim.engine
+
+    seen: dict[int, list[float]] = {}
+    real = mim.engine.DivergenceGuard.diverged
+
+    def spy(self, loss):
+        seen.setdefault(self.factor_key, []).append(loss)
+        return real(self, loss)
+
+    monkeypatch.setattr(mim.engine.DivergenceGuard, "diverged", spy)
+    metrics = {}
+    for k in (1, 3):
+        monkeypatch.setattr(mim.engine.DivergenceGuard, "factor_key", k, raising=False)
+        metrics[k] = fit(toy_task(), RunConfig(seed=3, log_every=k), checkpoint=tmp_path / f"{k}.pt", log_dir=tmp_path / f"l{k}",
+                         config={"k": k}, desc="t")
+    assert len(seen[1]) == 12 and seen[3] == seen[1]  # every step's loss, in order, whichever the interval
+    assert metrics[3] == metrics[1]
+
+    task = toy_task()
+    step = task.step
+    task.step = lambda m, x, n=[0]: (n.__setitem__(0, n[0] + 1), (step(m, x)[0] * (float("nan") if n[0] == 6 else 1), {}))[1]
+    with pytest.raises(MimError, match=r"t: loss is nan at epoch 2, batch 1; the checkpoint of epoch 1 is kept"):
+        fit(task, RunConfig(seed=3, log_every=3), checkpoint=tmp_path / "nan.pt", log_dir=tmp_path / "lnan", config={}, desc="t")
+    assert load_checkpoint(tmp_path / "nan.pt")["epoch"] == 0  # the NaN is found at the sync after it, never saved
