@@ -376,7 +376,7 @@ def task(cfg: Config, run: RunConfig, data: DataRoot) -> Task:
 
     def build() -> DINO:
         dino = DINO(cfg.model, cfg.data)
-        if dist.is_initialized():
+        if dist.is_initialized() and torch.cuda.is_available():  # SyncBatchNorm is CUDA-only; gloo on CPU: per process
             dino = nn.SyncBatchNorm.convert_sync_batchnorm(dino)  # as DINO does for ResNets
         if torch.cuda.is_available():  # NHWC convolutions (tensor cores); the crops follow the weights' layout
             dino = dino.to(memory_format=torch.channels_last)
