@@ -157,7 +157,20 @@ def training(run_dir: str, epochs: int = 2, device_batch: int = 0, stop_at: tupl
     return out
 
 
-CASES = {"eval": evaluations, "train": training}
+def teacher(root: str, run_dir: str) -> dict:
+    """DINO's task (BatchNorm ResNet, multi-crop, EMA teacher, k-NN with the train bank) for one epoch."""
+    from mim.data.images import DataRoot
+    from mim.teacher import dino
+
+    cfg = dino.Config(model=dino.ModelConfig(arch="test_resnet", head=dino.HeadConfig(out_dim=16, hidden_dim=8, bottleneck_dim=4)),
+                      data=dino.DataConfig(global_size=32, local_size=16, n_local=1),
+                      optim=OptimConfig(epochs=1, batch_size=4, base_lr=0.03, optimizer="sgd"), knn=dino.KNNConfig(k=2))
+    t = dino.task(cfg, RunConfig(), DataRoot(Path(root)))
+    m = fit(t, RunConfig(), checkpoint=Path(run_dir) / "c.pt", log_dir=Path(run_dir), config={}, desc="dino")
+    return {"knn_top1": m["knn_top1"], "loss": m["train/loss"]}
+
+
+CASES = {"eval": evaluations, "train": training, "teacher": teacher}
 
 
 def close(a: dict, b: dict) -> bool:
@@ -198,3 +211,11 @@ def test_a_stop_signal_mid_epoch_leaves_a_checkpoint_the_rerun_ends_identical_fr
     resumed = in_processes(world, tmp_path / "c", "train", run_dir=str(tmp_path / "run"), epochs=3, workers=workers)[0]
     assert all(torch.equal(resumed["weights"][k], full["weights"][k]) for k in full["weights"])  # bit-identical
     assert load_checkpoint(tmp_path / "run" / "c.pt").get("partial") is None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_the_dino_teacher_trains_and_scores_its_k_nn_under_two_processes(tmp_path):
+    from imagefolders import make_imagenet
+
+    make_imagenet(tmp_path / "img", classes=2, train=4, val=3, size=32)
+    two = in_processes(2, tmp_path / "t", "teacher", root=str(tmp_path / "img"), run_dir=str(tmp_path / "run"))
+    assert two[0] == two[1] and 0 <= two[0]["knn_top1"] <= 100  # every rank: the same numbers (k-NN over the whole bank)
