@@ -60,3 +60,11 @@ def test_step_speed_prints_both_methods_and_ratio() -> None:
     out = bench("step_speed.py", "--profile", "smoke", "--batch", "2", "--n-local", "1", "--steps", "5", "--warmup", "1")
     assert re.search(r"^DINO +\d+\.\d+ img/s", out, re.M) and re.search(r"^Img2Vec +\d+\.\d+ img/s .*teacher forward", out, re.M), out
     assert re.search(rf"^ratio Img2Vec / DINO images/s \(5 pairs\): wall {RATIO}, CPU {RATIO}$", out, re.M), out
+
+
+def test_data_speed_prints_folder_and_packed_per_core() -> None:
+    out = bench("data_speed.py", "--images", "32", "--batch", "16")
+    assert re.search(r"reader's own memory: folder \d+ B/image .* packed \d+ B/image", out), out
+    ratio = r"packed/folder \d+\.\d+x \(min-max \d+\.\d+-\d+\.\d+, \d+ batches\)"
+    for name in ("MAE", "DINO multi-crop"):
+        assert re.search(rf"^{name} .*: folder \d+ img/s per core, packed \d+ img/s per core; {ratio}$", out, re.M), out

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from mim.data.manifest import locate, read_manifest, validate_imagenet
+from mim.data.packed import PackedImages
 from mim.data.scan import imagenet_problems, report, to_rgb
 from mim.errors import DataError
 
@@ -88,8 +89,14 @@ class DataRoot:
     root: Path
     skipped: frozenset[str] = frozenset()  # paths relative to root
     classes: tuple[str, ...] | None = None  # wnids, sorted: label i is classes[i]
+    packed: Path | None = None  # the images packed in shards (data.imagenet.packed): read from there instead
 
-    def images(self, split: str, transform: Callable[[Image.Image], Any] | None = None, limit_per_class: int = 0) -> ImageFolder:
+    def images(self, split: str, transform: Callable[[Image.Image], Any] | None = None,
+               limit_per_class: int = 0) -> ImageFolder | PackedImages:
+        """`<root>/<split>` (or its packed copy: the same items in the same order, mim/data/packed.py)."""
+        if self.packed is not None:
+            skip = {s.removeprefix(f"{split}/") for s in self.skipped if s.startswith(f"{split}/")}
+            return PackedImages(self.packed / split, transform, limit_per_class, exclude=skip, classes=self.classes)
         return ImageFolder(self.root / split, transform, limit_per_class, exclude={self.root / s for s in self.skipped},
                            classes=self.classes)
 
@@ -102,7 +109,7 @@ def open_dataset(data: str | Path, workers: int | None = None) -> DataRoot:
     if not data.is_dir():
         root = locate(data, "imagenet")  # one-line errors for a missing or broken manifest
         m = read_manifest(data)
-        return DataRoot(root, frozenset(m.skipped.get("imagenet", ())), m.imagenet_wnids)
+        return DataRoot(root, frozenset(m.skipped.get("imagenet", ())), m.imagenet_wnids, m.imagenet_packed)
     validate_imagenet(data)  # train/ and val/ with the same, non-empty class folders
     bad, _ = imagenet_problems(data, workers)
     if bad:

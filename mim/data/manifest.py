@@ -161,6 +161,7 @@ class Manifest:
     coco_annotations: Path | None = None  # instances_*.json without the skipped entries (None: <coco>/annotations)
     ade20k_splits: Path | None = None  # <split>.txt lists of the usable image stems (None: every image)
     imagenet_wnids: tuple[str, ...] | None = None  # the classes read (data.imagenet.class_list), sorted; None: every folder
+    imagenet_packed: Path | None = None  # the packed copy of the images (data.imagenet.packed, mim/data/packed.py)
 
 
 def read_manifest(path: str | Path = Path("data") / MANIFEST) -> Manifest:
@@ -187,6 +188,7 @@ def read_manifest(path: str | Path = Path("data") / MANIFEST) -> Manifest:
             coco_annotations=beside("coco", ds["coco"].get("annotations")),
             ade20k_splits=beside("ade20k", ds["ade20k"].get("splits")),
             imagenet_wnids=None if ds["imagenet"].get("wnids") is None else tuple(ds["imagenet"]["wnids"]),
+            imagenet_packed=None if ds["imagenet"].get("packed") is None else Path(ds["imagenet"]["packed"]),
         )
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{path}: not a valid dataset manifest ({type(e).__name__}: {e})") from None

@@ -51,6 +51,10 @@ class ImageNetData:
     # A real root's classes to use: a file of wnids, one a line (`#` comments; e.g. mim/data/imagenet100.txt),
     # relative to the working directory; null = every class folder.  Labels are the listed wnids in sorted order.
     class_list: Root | None = None
+    # A folder (outside data/, on a fast disk) where prepare-data packs the images it checked into tar
+    # shards of their own bytes (mim/data/packed.py), and every stage then reads: the same samples,
+    # without a file open per image.  Repacked when the images change; null = read the folders.
+    packed: Root | None = None
     classes: Annotated[int, Range(2, SHAPES)] = 10  # generator only (like every field below)
     train_per_class: PosInt = 100
     val_per_class: PosInt = 20
@@ -60,6 +64,8 @@ class ImageNetData:
     def problems(self) -> list[tuple[str, str]]:
         if self.class_list is not None and self.root is None:
             return [("class_list", "selects classes of a real root; set root (the generated data's classes are `classes`)")]
+        if self.packed is not None and self.root is None:
+            return [("packed", "packs a real root; set root (the generated data is small enough to read as files)")]
         return []
 
 
@@ -177,15 +183,35 @@ def build(cfg: DatasetsConfig, out: Path, progress: Progress = _silent, where: s
     for name in ("imagenet", "coco", "ade20k"):
         root = Path(ds[name]["root"]) if not ds[name]["embedded"] else out / ds[name]["root"]
         ds[name].update(check_files(name, root, ds[name]["classes"], cfg, out, where, cache, workers, ds[name].get("wnids")))
+    if cfg.imagenet.packed is not None:  # after the check: the files it skipped are not packed
+        ds["imagenet"].update(pack_imagenet(ds["imagenet"], real_root(cfg.imagenet.packed), progress))
     # the generating params: a regenerated dataset changes the manifest, so training stages restart
     # (not `fingerprint`: it changes a real dataset's fingerprint entry instead, and no generated file;
     # nor a null class_list, so that manifests written before the key existed stay the same bytes)
     params = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "fingerprint"}
-    if cfg.imagenet.class_list is None:
-        del params["imagenet"]["class_list"]
+    for key in ("class_list", "packed"):
+        if getattr(cfg.imagenet, key) is None:
+            del params["imagenet"][key]
     manifest = {"version": 2, "seed": cfg.seed, "params": params, **ds}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def pack_imagenet(info: dict[str, Any], dest: Path, progress: Progress = _silent) -> dict[str, Any]:
+    """Pack the checked train and val images (mim/data/packed.py) into `dest`/<split> unless the pack
+    there was written from exactly these files (their paths, sizes and labels); the manifest's additions."""
+    from mim.data.images import ImageFolder
+    from mim.data.packed import pack, packed_fingerprint
+
+    root = Path(info["root"])
+    skipped = {root / s for s in info.get("skipped", {})}
+    prints = {}
+    for split in ("train", "val"):
+        folder = ImageFolder(root / split, exclude=skipped, classes=info.get("wnids"))
+        prints[split] = folder.fingerprint()
+        if packed_fingerprint(dest / split) != prints[split]:
+            pack(folder.samples, folder.classes, dest / split, prints[split], root / split, progress=progress)
+    return {"packed": str(dest), "packed_fingerprint": prints}
 
 
 def check_files(name: str, root: Path, classes: int, cfg: DatasetsConfig, out: Path, where: str, cache: Path | None,
