@@ -297,12 +297,13 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
             pending: list[torch.Tensor] = []  # losses since the last host sync
             for k in range(first, n_steps):
                 it = epoch * updates_per_epoch + k
-                seed_everything(step_seed(run.seed, epoch, k, rank()))
                 for m in range(accum):
+                    batch = next(batches)
+                    seed_everything(step_seed(run.seed, epoch, k, m, rank()))  # after the loader drew (its items seed it)
                     sync = m + 1 == accum  # DDP all-reduces the gradients on the last micro-step only
                     with ddp.no_sync() if ddp is not None and not sync else contextlib.nullcontext():
                         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                            loss, logs = task.step(train_model, _to(next(batches), dev))
+                            loss, logs = task.step(train_model, _to(batch, dev))
                         (loss / accum).backward()
                     pending.append(loss.detach().float())
                     for key, v in {"loss": loss, **logs}.items():

@@ -11,7 +11,8 @@ Augmentation: every item is transformed right after seeding `random`, torch and 
 (seed, epoch, item) (`SeededItems`), so an image's crops, flips and colour jitter in an epoch do
 not depend on the loader's workers, on the process that reads it, or on where a run resumed.
 Randomness drawn in the training step (masks, Mixup, drop path) comes from each process's own
-streams, reseeded by the engine at every optimizer step from (seed, epoch, step, rank) (`step_seed`):
+streams, reseeded by the engine after each micro-batch is drawn from (seed, epoch, step, micro-step,
+rank) (`step_seed`):
 different on every rank (the official MAE and BEiT seed each process with seed + rank), and the
 same again when a run resumes at that step.
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from mim import dist
 from mim.errors import MimError
@@ -46,10 +47,10 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return _hash(seed, epoch, index)
 
 
-def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
-    """The seed of one process's streams (masks, Mixup, dropout) at one optimizer step: a run stopped at
-    any step resumes with the same draws, and every rank draws its own."""
-    return _hash(seed, epoch, step, rank)
+def step_seed(seed: int, epoch: int, step: int, micro: int = 0, rank: int = 0) -> int:
+    """The seed of one process's streams (masks, Mixup, dropout) at one micro-step of an optimizer step:
+    a run stopped at any step resumes with the same draws, and every rank draws its own."""
+    return _hash(seed, epoch, step, micro, rank)
 
 
 def _hash(*parts: int) -> int:
@@ -59,15 +60,24 @@ def _hash(*parts: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
+    """python's, numpy's and torch's streams (CPU, and CUDA once it is in use) from `seed`."""
+    seed_cpu(seed)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
+
+
+def seed_cpu(seed: int) -> None:
+    """The CPU streams only: what a transform draws from (1 us each; torch.manual_seed's checks of
+    every backend cost 110 us, paid per image)."""
     random.seed(seed)  # timm's transforms (RandomResizedCrop, RandAugment, Mixup) draw from `random`
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     np.random.seed(seed % 2**32)
 
 
 class SeededItems(Dataset):
     """`dataset[index]` transformed under the seed `item_seed(seed, epoch, index)`; keys are (index, seed).
-    In the main process (no workers) the process's own streams are restored afterwards, so the
-    training step's randomness does not depend on what the loader drew."""
+    Without workers this reseeds the main process's streams: the engine reseeds them for the step
+    after each batch is drawn (mim.engine: `step_seed`), so the step's draws never depend on the loader's."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -77,19 +87,8 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        if get_worker_info() is not None:
-            seed_everything(seed)
-            return self.dataset[index]
-        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        try:  # transforms draw on the CPU: the CUDA generators (the step's masks) are left alone
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            torch.default_generator.manual_seed(seed)
-            return self.dataset[index]
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            torch.set_rng_state(saved[2])
+        seed_cpu(seed)
+        return self.dataset[index]
 
 
 class GlobalBatches(Sampler[list[tuple[int, int]]]):
