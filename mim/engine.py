@@ -125,6 +125,13 @@ class Task:
     info: dict[str, str] = field(default_factory=dict)  # facts about the run, recorded with its outputs
 
     @property
+    def micro_batch(self) -> int:
+        """Images in one forward on each process: the global batch over processes and micro-steps."""
+        if self.optim is None:
+            raise MimError("the task has no optimizer: nothing to train")
+        return self.optim.batch_size // (world_size() * self.accum_steps)
+
+    @property
     def budget(self) -> Budget:
         """The run's epochs and optimizer steps on this data (what `fit` runs)."""
         if self.optim is None:
@@ -264,7 +271,7 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
 
     if world_size() > 1 or accum > 1:
         _say(f"{desc}: global batch {optim.batch_size} = {world_size()} processes x {accum} micro-steps x "
-             f"{optim.batch_size // (world_size() * accum)} images")
+             f"{task.micro_batch} images")
     if start_epoch > 0 and is_main():
         rollback_logs(log_dir, start_epoch - 1, state.get("metrics", {}) if state else {})
     live = _live(log_dir, resume=start_epoch > 0)

@@ -99,6 +99,15 @@ def _stat(path: str) -> Stat:
         return None
 
 
+def samples_fingerprint(rows: Iterable[tuple[Path, int, int]]) -> str:
+    """16 hex digits of a sha256 of (path, size, label) of a reader's every image (ImageFolder's and
+    PackedImages' `fingerprint`: the same images give the same digits from either reader)."""
+    h = hashlib.sha256()
+    for path, size, label in rows:
+        h.update(f"{path}\t{size}\t{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def listing_sha256(root: Path, parts: tuple[str, ...], ctime: bool = False) -> tuple[str, int]:
     """(sha256 of "path\\tsize\\tmtime_ns[\\tctime_ns]\\n" of every file, the number of files)."""
     h, n = hashlib.sha256(), 0

@@ -5,7 +5,6 @@ a corrupt image is a `DataError` naming the path, never a bare PIL traceback.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from mim.data.fingerprint import samples_fingerprint
 from mim.data.manifest import locate, read_manifest, validate_imagenet
 from mim.data.packed import PackedImages
 from mim.data.scan import imagenet_problems, report, to_rgb
@@ -70,10 +70,7 @@ class ImageFolder(Dataset):
 
     def fingerprint(self) -> str:
         """Hash of (path, size, label) of every image: regenerated data never resumes an old run."""
-        h = hashlib.sha256()
-        for path, label in self.samples:
-            h.update(f"{path}\t{path.stat().st_size}\t{label}\n".encode())
-        return h.hexdigest()[:16]
+        return samples_fingerprint((path, path.stat().st_size, label) for path, label in self.samples)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, label = self.samples[i]

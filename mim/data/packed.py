@@ -21,7 +21,6 @@ re-encodes; DALI needs CUDA); LitData streams chunks, like WebDataset.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from mim.data.fingerprint import samples_fingerprint
 from mim.data.scan import to_rgb
 from mim.errors import DataError
 
@@ -136,19 +136,19 @@ class PackedImages(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _rows(self) -> list[tuple[Path, int, int]]:
+        """(source path, size, label) of every item, read from meta.json when asked (not kept: module docstring)."""
+        meta = json.loads((self.root / "meta.json").read_text())
+        return [(self.source / meta["paths"][i], meta["sizes"][i], int(lab)) for i, lab in zip(self.items.tolist(), self.labels.tolist())]
+
     @property
     def samples(self) -> list[tuple[Path, int]]:
-        """(source path, label) of every item, as ImageFolder.samples (read from meta.json when asked)."""
-        paths = json.loads((self.root / "meta.json").read_text())["paths"]
-        return [(self.source / paths[i], int(lab)) for i, lab in zip(self.items.tolist(), self.labels.tolist())]
+        """(source path, label) of every item, as ImageFolder.samples."""
+        return [(path, label) for path, _, label in self._rows()]
 
     def fingerprint(self) -> str:
         """ImageFolder.fingerprint of the same samples (its source paths and sizes): a run resumes across the two readers."""
-        sizes = json.loads((self.root / "meta.json").read_text())["sizes"]
-        h = hashlib.sha256()
-        for (path, label), i in zip(self.samples, self.items.tolist()):
-            h.update(f"{path}\t{sizes[i]}\t{label}\n".encode())
-        return h.hexdigest()[:16]
+        return samples_fingerprint(self._rows())
 
     def _fd(self, shard: int) -> int:
         if self._pid != os.getpid():  # a forked loader worker opens its own descriptors

@@ -269,7 +269,7 @@ def task(cfg: Config, run: RunConfig, data: DataRoot) -> Task:
     t = make_task(lambda: VQVAE(cfg.model), train, cfg.optim, run, step)
     model: VQVAE = t.model  # type: ignore[assignment]
     tok = vqvae_tokenizer(model, freeze=False)  # a view: evaluation reads the weights being trained
-    val = val_loader(data, cfg.model.image_size, cfg.optim.batch_size // (procs.world_size() * t.accum_steps), run)
+    val = val_loader(data, cfg.model.image_size, t.micro_batch, run)
 
     def evaluate(epoch: int) -> dict[str, float]:
         model.eval()
