@@ -213,18 +213,15 @@ def machine() -> dict[str, str]:
 
 
 # --- 2. MAE throughput ------------------------------------------------------------------------------------
-def mae_throughput(s: Sizes, ctx: Ctx, steps: int, warmup: int, compiled: bool) -> dict[str, Any]:
+def mae_step(s: Sizes, ctx: Ctx, batch: int, compiled: bool = False) -> tuple[Callable[[], None], nn.Module]:
+    """One MAE pretraining step (fwd, bwd, AdamW) on random images: the throughput's and the stage check's."""
     from mim.methods.mae import MAE
     from mim.param_groups import VIT_TOKENS, weight_decay_groups
 
-    enc, cfg, batch = s.enc, s.mae, s.mae_batch
-    flops = train_flops(lambda: MAE(enc, cfg.model), lambda: torch.randn(1, 3, enc.img_size, enc.img_size), lambda m, x: m(x)[0])
-    ctx.reset_memory()
-    torch.manual_seed(0)
-    model = MAE(enc, cfg.model).to(ctx.dev).train()
-    opt = make_optimizer(weight_decay_groups(model, cfg.optim.weight_decay, VIT_TOKENS), cfg.optim)
+    model = MAE(s.enc, s.mae.model).to(ctx.dev).train()
+    opt = make_optimizer(weight_decay_groups(model, s.mae.optim.weight_decay, VIT_TOKENS), s.mae.optim)
     fwd = torch.compile(model) if compiled else model
-    imgs = torch.randn(batch, 3, enc.img_size, enc.img_size, device=ctx.dev)
+    imgs = torch.randn(batch, 3, s.enc.img_size, s.enc.img_size, device=ctx.dev)
 
     def step() -> None:
         with ctx.autocast():
@@ -232,6 +229,18 @@ def mae_throughput(s: Sizes, ctx: Ctx, steps: int, warmup: int, compiled: bool) 
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    return step, model
+
+
+def mae_throughput(s: Sizes, ctx: Ctx, steps: int, warmup: int, compiled: bool) -> dict[str, Any]:
+    from mim.methods.mae import MAE
+
+    enc, cfg, batch = s.enc, s.mae, s.mae_batch
+    flops = train_flops(lambda: MAE(enc, cfg.model), lambda: torch.randn(1, 3, enc.img_size, enc.img_size), lambda m, x: m(x)[0])
+    ctx.reset_memory()
+    torch.manual_seed(0)
+    step, _ = mae_step(s, ctx, batch, compiled)
 
     t = time.perf_counter()
     for _ in range(warmup):
@@ -256,21 +265,8 @@ StageFn = Callable[[Sizes, Ctx], tuple[str, int, Callable[[], None], nn.Module]]
 
 
 def stage_mae(s: Sizes, ctx: Ctx) -> tuple[str, int, Callable[[], None], nn.Module]:
-    from mim.methods.mae import MAE
-    from mim.param_groups import VIT_TOKENS, weight_decay_groups
-
     b, m = s.batch["mae"], s.mae.model
-    model = MAE(s.enc, m).to(ctx.dev).train()
-    opt = make_optimizer(weight_decay_groups(model, s.mae.optim.weight_decay, VIT_TOKENS), s.mae.optim)
-    imgs = torch.randn(b, 3, s.enc.img_size, s.enc.img_size, device=ctx.dev)
-
-    def step() -> None:
-        with ctx.autocast():
-            loss = model(imgs)[0]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step, model = mae_step(s, ctx, b)
     return f"MAE, decoder {m.decoder_depth}x{m.decoder_dim}, mask {m.mask_ratio}", b, step, model
 
 

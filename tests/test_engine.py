@@ -468,7 +468,13 @@ def test_syncing_every_k_steps_checks_and_logs_what_every_step_would(tmp_path, m
 
     task = toy_task()
     step = task.step
-    task.step = lambda m, x, n=[0]: (n.__setitem__(0, n[0] + 1), (step(m, x)[0] * (float("nan") if n[0] == 6 else 1), {}))[1]
+    calls = []
+
+    def nan_at_the_sixth(m, x):
+        calls.append(1)
+        return step(m, x)[0] * (float("nan") if len(calls) == 6 else 1), {}
+
+    task.step = nan_at_the_sixth
     with pytest.raises(MimError, match=r"t: loss is nan at epoch 2, batch 1; the checkpoint of epoch 1 is kept"):
         fit(task, RunConfig(seed=3, log_every=3), checkpoint=tmp_path / "nan.pt", log_dir=tmp_path / "lnan", config={}, desc="t")
     assert load_checkpoint(tmp_path / "nan.pt")["epoch"] == 0  # the NaN is found at the sync after it, never saved
