@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from mim.errors import MimError
-from mim.files import atomic_write
+from mim.files import atomic_write, safetensors_header
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -130,10 +130,7 @@ def read_safetensors(path: Path, what: str) -> SafetensorsFile:
         raise MimError(f"{what} file not found: {path}")
     data = path.read_bytes()
     try:
-        n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + n]) if 8 + n <= len(data) else None
-        if not isinstance(header, dict):
-            raise ValueError("no safetensors header")
+        header = safetensors_header(data)
         state = safetensors.torch.load(data)
     except Exception as e:  # truncated file, not a safetensors file, corrupt header
         raise MimError(f"cannot read {what} {path}: {e}") from None

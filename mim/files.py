@@ -158,3 +158,29 @@ def claim_run_dir(folder: Path, key: dict[str, Any], stamp: str = "run.json") ->
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def safetensors_header(data: bytes) -> dict[str, Any]:
+    """The JSON header of a safetensors file's bytes (its first 8 bytes say how long it is: the format's
+    spec, huggingface/safetensors README); ValueError when `data` does not start with one."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n]) if len(data) >= 8 and 8 + n <= len(data) else None
+    if not isinstance(header, dict):
+        raise ValueError("no safetensors header")
+    return header
+
+
+def safetensors_metadata(path: Path, what: str) -> dict[str, str]:
+    """The `__metadata__` map of a safetensors file, read from its header alone (no tensor is loaded)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little")
+            if n > 100_000_000:  # the format's own limit on the header (safetensors: MAX_HEADER_SIZE)
+                raise ValueError(f"a header of {n} bytes: not a safetensors file")
+            header = safetensors_header(head + f.read(n))
+    except FileNotFoundError:
+        raise MimError(f"{what} file not found: {path}") from None
+    except (OSError, ValueError) as e:  # not a safetensors file, truncated, corrupt header
+        raise MimError(f"cannot read {what} {path}: {e}") from None
+    return {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}

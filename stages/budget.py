@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from stages.common import file_option, load, params_option, read_yaml
+from stages.common import file_option, finetune_sections, load, params_option, read_yaml
 
 if TYPE_CHECKING:
     from mim.budget import Row
@@ -82,10 +82,9 @@ def budget_rows(params: Path, manifest: Path) -> tuple[list[Row], list[str]]:
             continue
         cfg = load(params, name, module.Config)
         rows.append(epoch_row(f"pretrain: {name}", train, cfg.optim))
-    for name in ["finetune", *sorted(k for k in present if k.startswith("finetune_"))]:
-        if name in present:
-            ft = load(params, name, FinetuneConfig)
-            rows.append(epoch_row(f"finetune: {name}", images(ft.labels_per_class), ft.optim, "each student"))
+    for name in finetune_sections(params):
+        ft = load(params, name, FinetuneConfig)
+        rows.append(epoch_row(f"finetune: {name}", images(ft.labels_per_class), ft.optim, "each student"))
     if "probe" in present:
         lin = load(params, "probe", ProbeConfig).linear
         batch = min(lin.batch_size, train) if lin.protocol == "cached" else lin.batch_size  # mim/eval/probe.py

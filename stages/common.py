@@ -68,6 +68,12 @@ def load(path: str | Path, name: str, cls: type[T]) -> T:
     return from_dict(cls, section(path, name), where=f"{path}: {name}")
 
 
+def finetune_sections(path: str | Path) -> list[str]:
+    """The fine-tune recipes a params file holds: `finetune` and each `finetune_<name>` (BEiT's finetune_beit)."""
+    present = set(read_yaml(path))
+    return [n for n in ["finetune", *sorted(k for k in present if k.startswith("finetune_"))] if n in present]
+
+
 def default_params() -> str:
     """params/<profile>.yaml for the profile named in params/profile.yaml (smoke if absent)."""
     if "MIMREPRO_PARAMS" in os.environ:

@@ -49,8 +49,6 @@ def pretrain_teacher(params_path: Path, data: Path, name: str, out: Path, metric
     backbone = t.model.teacher.backbone.cpu()
     save_timm_backbone(out, backbone, cfg.model.arch, extra={"name": name, "params": str(params_path)})
     summary = {
-        "arch": cfg.model.arch,
-        "epochs": t.budget.epochs,
         "train_images": int(t.info["train_images"]),
         "val_images": int(t.info["val_images"]),
         "params_m": round(sum(p.numel() for p in backbone.parameters()) / 1e6, 2),
@@ -73,7 +71,7 @@ def _import(cfg: Config, name: str, out: Path, metrics: Path, run_dir: Path) -> 
     src = Path(cfg.checkpoint)
     measured = convert(src, out, "teacher", name)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    write_json(metrics, {"source": "import", "checkpoint": src.name, "arch": "resnet50", **measured})
+    write_json(metrics, measured)  # what was measured; where the weights came from is in the params
     click.echo(f"{name}: imported the official DINO ResNet-50 {src} (nothing trained) -> {out}")
 
 

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import click
 
-from stages.common import dir_option, file_option, load, params_option
+from stages.common import dir_option, file_option, finetune_sections, load, params_option
 
 
 @click.command("tables")
 @dir_option("--metrics", "Folder of <task>/<student>.json metrics files.", dest="metrics_dir")
+@dir_option("--models", "Folder of <student>/encoder.safetensors: the pretrain epochs each records.", dest="models_dir")
 @dir_option("--out", "Where results.md, .csv, .tex, .json and the teacher table go.", dest="out_dir", output=True)
 @file_option("--data", "data/manifest.json written by prepare-data: the datasets the headers name.")
 @params_option
-def tables(metrics_dir: Path, out_dir: Path, data: Path, params_path: Path) -> None:
+def tables(metrics_dir: Path, models_dir: Path, out_dir: Path, data: Path, params_path: Path) -> None:
     """Results table (students x classification top-1, detection AP, segmentation mIoU) and the teacher table."""
     from mim.data.manifest import read_manifest
     from mim.files import atomic_write, write_json
@@ -33,13 +34,9 @@ def tables(metrics_dir: Path, out_dir: Path, data: Path, params_path: Path) -> N
     students = t.find_students(metrics_dir, first=cfg.first)
     # The papers' numbers of each method (mim/report/reference.py), for the student named after it.
     paper = {s: REFERENCES[s] for s in students if s in REFERENCES} if cfg.paper_values else None
-    header, rows = t.build_table(metrics_dir, names, paper=paper, students=students, marks=True)
-    ft = [t.read_metrics(metrics_dir, "finetune", r[0]) for r in rows]
-    regimes = sorted({(int(m.get("epochs", 0)), int(m.get("labels_per_class", 0))) for m in ft if m})
-    caption = "; ".join(
-        f"fine-tune {e} epochs on " + (f"{n} labelled images per class (low-label regime)" if n else "all labelled images")
-        for e, n in regimes
-    )
+    extra = {"pretrain": t.encoder_values(models_dir, students)}
+    header, rows = t.build_table(metrics_dir, names, paper=paper, students=students, marks=True, extra=extra)
+    caption = finetune_caption(params_path)
     provenance = f"Produced from `{params_path}` (profile `{Path(params_path).stem}`) at commit `{t.git_revision()}`."
     md = (f"# Results\n\nTop-1 accuracy (%) on val (classification: {names['imagenet']}), box and mask AP (detection: "
           f"{names['coco']}), mIoU (segmentation: {names['ade20k']}). " + (caption + ". " if caption else ""))
@@ -48,13 +45,14 @@ def tables(metrics_dir: Path, out_dir: Path, data: Path, params_path: Path) -> N
            "such value. results.csv has the same cells with every digit, results.tex the LaTeX table, results.json every "
            "number (`mimrepro diff` compares them).\n")
     md += "\n" + t.datasets_note(manifest, names) + "\n\n" + provenance + "\n"
-    for note in (t.deviations_note(rows), t.sources_note(paper, names, metrics_dir=metrics_dir)):
+    epochs = {s: v.get("epochs") for s, v in extra["pretrain"].items()}
+    for note in (t.deviations_note(rows), t.sources_note(paper, names, epochs=epochs)):
         if note:
             md += "\n" + note + "\n"
     atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(md))
     latex_caption = (f"Top-1 (%) on {names['imagenet']}, box and mask AP on {names['coco']}, mIoU on {names['ade20k']}"
                      + (f"; {caption}" if caption else "") + ".")
-    full = t.build_table(metrics_dir, names, paper=paper, students=students, full=True)
+    full = t.build_table(metrics_dir, names, paper=paper, students=students, full=True, extra=extra)
     atomic_write(out_dir / "results.csv", lambda tmp: tmp.write_text(t.to_csv(*full)))
     atomic_write(out_dir / "results.tex", lambda tmp: tmp.write_text(t.to_latex(header, rows, caption=latex_caption)))
     from mim.report.plots import bar_chart
@@ -65,6 +63,23 @@ def tables(metrics_dir: Path, out_dir: Path, data: Path, params_path: Path) -> N
 
     # Always written (they are outputs of the stage): no rows until token-diversity has run.
     teacher_rows = write_teacher_table(metrics_dir, out_dir, names["imagenet"])
-    values = {**t.results_values(metrics_dir, students=students), **teacher_values(teacher_rows)}
+    values = {**t.results_values(metrics_dir, students=students, extra=extra), **teacher_values(teacher_rows)}
     write_json(out_dir / "results.json", values)
     click.echo(markdown(teacher_rows, names["imagenet"]))
+
+
+def finetune_caption(params_path: Path) -> str:
+    """The fine-tune recipes of the params file, in words: one when every section has the same length
+    and labels, else each with the sections that use it."""
+    from mim.eval.finetune import FinetuneConfig
+
+    regimes: dict[str, list[str]] = {}
+    for name in finetune_sections(params_path):
+        ft = load(params_path, name, FinetuneConfig)
+        o = ft.optim
+        length = f"{o.epochs} epoch{'' if o.epochs == 1 else 's'}" if o.epochs else f"{o.steps} steps"
+        on = f"{ft.labels_per_class} labelled images per class (low-label regime)" if ft.labels_per_class else "all labelled images"
+        regimes.setdefault(f"fine-tune {length} on {on}", []).append(name)
+    if len(regimes) == 1:
+        return next(iter(regimes))
+    return "; ".join(f"{text} (`{'`, `'.join(names)}`)" for text, names in regimes.items())

@@ -227,6 +227,7 @@ def test_params_marked_by_whether_the_moved_cells_read_them():
     assert depends_on(LOCK, ["finetune/mae/top1"]) == {"finetune", "mae", "run.seed", "data"}
     assert depends_on(LOCK, ["finetune/beit/top1"]) == {"finetune_beit", "beit", "data"}
     assert depends_on(LOCK, ["segment/mae/mIoU"]) == set()  # no stage writes it in this lock
+    assert depends_on(LOCK, ["pretrain/mae/epochs"]) == {"mae", "run.seed", "data"}  # the encoder file's stage
     a = Side("A", {"finetune/mae/top1": 16.0, "finetune/beit/top1": 9.4}, {"mae.model.mask_ratio": 0.75, "beit.model.x": 1}, LOCK)
     b = Side("B", {"finetune/mae/top1": 17.0, "finetune/beit/top1": 9.4}, {"mae.model.mask_ratio": 0.6, "beit.model.x": 2}, LOCK)
     rows = {ln.split()[0]: ln.split() for ln in render(a, b).split("params that differ")[1].splitlines()[2:]}

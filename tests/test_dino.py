@@ -232,7 +232,7 @@ def test_pretrain_teacher_stage(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args + ["--data", "img"])
     assert res.exit_code == 0, res.output
     m = json.loads(Path("t.json").read_text())
-    assert {"knn_top1", "teacher_entropy", "kl", "loss"} <= m.keys() and m["epochs"] == 2
+    assert {"knn_top1", "teacher_entropy", "kl", "loss"} <= m.keys() and not {"epochs", "arch"} & m.keys()  # results only
     assert (m["train_images"], m["val_images"]) == (16, 4)
     assert load_checkpoint(Path("r/checkpoint.pt"))["epoch"] == 1
     teacher = load_teacher(Path("m/b.safetensors"))
@@ -306,7 +306,7 @@ def test_pretrain_teacher_stage_imports_official_weights(tmp_path, monkeypatch):
     assert a.keys() == b.keys() == state.keys() and all(torch.equal(a[k], b[k]) and torch.equal(a[k], state[k]) for k in a)
     assert got.name == "t"
     m = json.loads(Path("t.json").read_text())
-    assert m["source"] == "import" and m["checkpoint"] == "full.pth" and m["params_m"] == 23.51
+    assert m["params_m"] == 23.51 and not {"source", "checkpoint", "arch"} & m.keys()  # results only: the params say where from
     assert m["checkpoint_sha256"] == hashlib.sha256(Path("full.pth").read_bytes()).hexdigest()
     assert not {"knn_top1", "loss", "epochs", "seconds"} & m.keys()  # no training numbers
     assert Path("r").is_dir() and not Path("r/checkpoint.pt").exists()

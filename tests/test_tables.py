@@ -52,11 +52,12 @@ def write_manifest(path, real=(), classes=None):
 
 def test_rows_columns_and_missing_cells(tmp_path):
     m = tmp_path / "metrics"
-    write(m, "finetune", "mae", {"top1": 61.25, "top5": 90.0, "epochs": 5, "labels_per_class": 10, "pretrain_epochs": 40})
-    write(m, "finetune", "scratch", {"top1": 40.0, "pretrain_epochs": 0})
+    write(m, "finetune", "mae", {"top1": 61.25, "top5": 90.0})
+    write(m, "finetune", "scratch", {"top1": 40.0})
     write(m, "probe", "mae", {"linear_top1": 33.333, "knn_top1": 30.0})
     write(m, "probe", "zeta", {"knn_top1": 1.0})
-    header, rows = build_table(m, EMBEDDED)
+    pretrain = {"pretrain": {"mae": {"epochs": 40}, "scratch": {"epochs": 0}}}  # encoder_values: zeta has no encoder
+    header, rows = build_table(m, EMBEDDED, extra=pretrain)
     assert to_markdown(header, rows) == (
         "| student | pretrain epochs | embedded 10-class top-1 (fine-tune) | embedded 10-class linear | embedded 10-class k-NN"
         " | embedded COCO-layout AP box | embedded COCO-layout AP mask | embedded ADE20K-layout mIoU |\n"
@@ -70,7 +71,8 @@ def test_rows_columns_and_missing_cells(tmp_path):
         "mae,40,61.2,33.3,30.0,not run,not run,not run",
         "zeta,not run,not run,n/a,1.0,not run,not run,not run",
     ]
-    assert to_csv(*build_table(m, EMBEDDED, full=True)).splitlines()[2] == "mae,40,61.25,33.333,30.0,not run,not run,not run"
+    full = to_csv(*build_table(m, EMBEDDED, full=True, extra=pretrain))
+    assert full.splitlines()[2] == "mae,40,61.25,33.333,30.0,not run,not run,not run"
     extra = COLUMNS + [Column("detect", "bbox_AP50", "AP50 box", dataset="coco")]  # one line adds a column
     assert build_table(m, EMBEDDED, extra)[0][-1] == "embedded COCO-layout AP50 box"
     write(m, "detect", "mae", {"bbox_AP": 12.5, "segm_AP": 10.0, "bbox_AP50": 20.0})
@@ -87,15 +89,15 @@ def test_no_metrics_at_all_still_has_every_column(tmp_path):
 
 def test_paper_columns_and_delta_on_the_papers_datasets_only(tmp_path):
     m = tmp_path / "metrics"
-    write(m, "finetune", "mae", {"top1": 80.0, "pretrain_epochs": 1600})
+    write(m, "finetune", "mae", {"top1": 80.0})
     write(m, "finetune", "toy", {"top1": 50.0})
-    header, rows = build_table(m, PAPER_DATASETS, paper=MAE)
+    header, rows = build_table(m, PAPER_DATASETS, paper=MAE, extra={"pretrain": {"mae": {"epochs": 1600}}})
     i = header.index("ImageNet-1k top-1 (fine-tune) paper")
     assert rows[0][0] == "mae" and rows[0][i : i + 2] == ["83.6", "-3.6"]
     assert rows[1][0] == "toy" and rows[1][i : i + 2] == ["n/a", "n/a"]  # a method without reported numbers
     j = header.index("ADE20K mIoU paper")
     assert rows[0][j - 1 : j + 2] == ["not run", "48.1", "not run"]  # segment not run: no delta either
-    note = sources_note(MAE, PAPER_DATASETS, metrics_dir=m)
+    note = sources_note(MAE, PAPER_DATASETS, epochs={"mae": 1600})
     assert "mae/ADE20K mIoU: 48.1 (ViT-B/16, 1600 ep): MAE (He et al." in note and "arXiv 2111.06377), Table 5" in note
     assert "papers.md" not in note and "83.3" not in note  # only the references the table printed
     assert build_table(m, PAPER_DATASETS)[0] == ["student", *[c.title(PAPER_DATASETS) for c in COLUMNS]]  # no paper values
@@ -111,15 +113,16 @@ def test_references_compare_like_with_like(tmp_path):
     """The reference at the student's own pretraining epochs: 800-epoch MAE gets the 800-epoch reproduction
     for fine-tune, and "no reference at 800 ep" where the papers report 1600 epochs only."""
     m = tmp_path / "metrics"
-    write(m, "finetune", "mae", {"top1": 83.0, "pretrain_epochs": 800})
+    write(m, "finetune", "mae", {"top1": 83.0})
     write(m, "segment", "mae", {"mIoU": 47.0})
-    write(m, "finetune", "img2vec", {"top1": 84.0, "pretrain_epochs": 800})  # Img2Vec's 85.1: epochs not stated
-    header, rows = build_table(m, PAPER_DATASETS, paper={**MAE, "img2vec": REFERENCES["img2vec"]})
+    write(m, "finetune", "img2vec", {"top1": 84.0})  # Img2Vec's 85.1: epochs not stated
+    pretrain = {"mae": {"epochs": 800}, "img2vec": {"epochs": 800}}
+    header, rows = build_table(m, PAPER_DATASETS, paper={**MAE, "img2vec": REFERENCES["img2vec"]}, extra={"pretrain": pretrain})
     cells = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
     assert cells["mae"]["ImageNet-1k top-1 (fine-tune) paper"] == "83.3" and cells["mae"]["ImageNet-1k top-1 (fine-tune) delta"] == "-0.3"
     assert cells["mae"]["ADE20K mIoU paper"] == "no reference at 800 ep" and cells["mae"]["ADE20K mIoU delta"] == "n/a"
     assert cells["img2vec"]["ImageNet-1k top-1 (fine-tune) paper"] == "85.1"
-    note = sources_note({**MAE, "img2vec": REFERENCES["img2vec"]}, PAPER_DATASETS, metrics_dir=m)
+    note = sources_note({**MAE, "img2vec": REFERENCES["img2vec"]}, PAPER_DATASETS, epochs={s: v["epochs"] for s, v in pretrain.items()})
     assert "83.3 (ViT-B/16, 800 ep, reproduction): open-mmlab/mmselfsup" in note and "85.1 (ViT-B/16, epochs not stated)" in note
     assert "83.6" not in note
 
@@ -155,25 +158,44 @@ def test_dataset_names_follow_the_manifest(tmp_path):
                                                     "ade20k": "embedded ADE20K-layout"}
 
 
+FINETUNE = "finetune: {labels_per_class: 8, optim: {epochs: 4, batch_size: 8, base_lr: 0.001}}\n"
+ARGS = ["tables", "--params", "p.yaml", "--metrics", "metrics", "--models", "models", "--data", "data/manifest.json",
+        "--out", "results"]
+
+
+def write_encoder(models, student, pretrain_epochs):
+    """A student's encoder file as far as the tables read it: the header's `pretrain_epochs`."""
+    import torch
+
+    from mim.checkpoint import save_safetensors
+
+    (models / student).mkdir(parents=True, exist_ok=True)
+    save_safetensors(models / student / "encoder.safetensors", {"w": torch.zeros(1)}, {"pretrain_epochs": str(pretrain_epochs)})
+
+
 def test_tables_stage_regenerates_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write(tmp_path / "metrics", "finetune", "mae", {"top1": 55.0, "top5": 90.0, "epochs": 4, "labels_per_class": 8})
-    write(tmp_path / "metrics", "finetune", "scratch", {"top1": 45.0, "top5": 80.0, "epochs": 4, "labels_per_class": 8})
-    (tmp_path / "p.yaml").write_text("tables: {paper_values: false}\n")
+    write(tmp_path / "metrics", "finetune", "mae", {"top1": 55.0, "top5": 90.0})
+    write(tmp_path / "metrics", "finetune", "scratch", {"top1": 45.0, "top5": 80.0})
+    write(tmp_path / "metrics", "finetune", "beit", {"top1": 50.0, "top5": 85.0})
+    write_encoder(tmp_path / "models", "mae", 40)
+    write_encoder(tmp_path / "models", "beit", "official")  # mim/methods/official.py: the schedule is not known
+    (tmp_path / "p.yaml").write_text("tables: {paper_values: false}\n" + FINETUNE)
     write_manifest(tmp_path / "data/manifest.json", real={"imagenet": "imagenette"})
-    args = ["tables", "--params", "p.yaml", "--metrics", "metrics", "--data", "data/manifest.json", "--out", "results"]
-    res = CliRunner().invoke(main, args)
+    res = CliRunner().invoke(main, ARGS)
     assert res.exit_code == 0, res.output
     md = (tmp_path / "results/results.md").read_text()
-    assert "| scratch | n/a | 45.0 | not run | not run | not run | not run | not run |" in md  # no pretrain_epochs key
-    assert "| mae | n/a | 55.0 | not run | not run | not run | not run | not run |" in md
+    assert "| scratch | not run | 45.0 | not run | not run | not run | not run | not run |" in md  # no encoder file
+    assert "| mae | 40 | 55.0 | not run | not run | not run | not run | not run |" in md  # from its encoder's header
+    assert "| beit | n/a | 50.0 | not run | not run | not run | not run | not run |" in md
     assert "(classification: imagenette 10-class)" in md and "`/datasets/imagenette`, 10 classes, 40 train / 8 val images" in md
-    assert "8 labelled images per class" in md and "`p.yaml`" in md and "commit" in md
+    assert "fine-tune 4 epochs on 8 labelled images per class" in md and "`p.yaml`" in md and "commit" in md
     assert (tmp_path / "results/results.csv").read_text().splitlines() == [
         "student,pretrain epochs,imagenette 10-class top-1 (fine-tune),imagenette 10-class linear,imagenette 10-class k-NN,"
         "embedded COCO-layout AP box,embedded COCO-layout AP mask,embedded ADE20K-layout mIoU",
-        "scratch,n/a,45.0,not run,not run,not run,not run,not run",
-        "mae,n/a,55.0,not run,not run,not run,not run,not run",
+        "scratch,not run,45.0,not run,not run,not run,not run,not run",
+        "mae,40,55.0,not run,not run,not run,not run,not run",
+        "beit,n/a,50.0,not run,not run,not run,not run,not run",
     ]
     # every output of the stage is written, the teacher table too (token-diversity has not run)
     assert "token-diversity not run" in (tmp_path / "results/teachers.md").read_text()
@@ -181,7 +203,7 @@ def test_tables_stage_regenerates_files(tmp_path, monkeypatch):
     assert (tmp_path / "results/plots/teacher_diversity.png").read_bytes()[:4] == b"\x89PNG"
     not_blank(tmp_path / "results/plots/main_table.png")
     (tmp_path / "data/manifest.json").unlink()
-    res = CliRunner().invoke(main, args)
+    res = CliRunner().invoke(main, ARGS)
     assert res.exit_code == 1 and "dataset manifest not found: data/manifest.json" in res.output
 
 
@@ -189,19 +211,20 @@ def test_results_json_csv_and_latex_keep_every_digit(tmp_path, monkeypatch):
     """results.json: flat keys, full precision, no key for a cell not run; the CSV keeps 0.0155 (the
     Markdown shows 0.0); the LaTeX is a booktabs tabular with the best of each column in bold."""
     monkeypatch.chdir(tmp_path)
-    write(tmp_path / "metrics", "finetune", "mae", {"top1": 16.93, "pretrain_epochs": 40, "epochs": 10, "labels_per_class": 0})
-    write(tmp_path / "metrics", "finetune", "scratch_v2", {"top1": 11.6, "pretrain_epochs": 0, "epochs": 10, "labels_per_class": 0})
+    write(tmp_path / "metrics", "finetune", "mae", {"top1": 16.93})
+    write(tmp_path / "metrics", "finetune", "scratch_v2", {"top1": 11.6})
+    write_encoder(tmp_path / "models", "mae", 40)
+    write_encoder(tmp_path / "models", "scratch_v2", 0)
     write(tmp_path / "metrics", "detect", "mae", {"bbox_AP": 0.0155, "segm_AP": 0.004})
     write(tmp_path / "metrics", "diversity", "dino_rn50", {"diversity": 0.0876, "std": 0.026, "num_images": 40})
-    (tmp_path / "p.yaml").write_text("tables: {paper_values: false}\n")
+    (tmp_path / "p.yaml").write_text("tables: {paper_values: false}\n" + FINETUNE)
     write_manifest(tmp_path / "data/manifest.json")
-    args = ["tables", "--params", "p.yaml", "--metrics", "metrics", "--data", "data/manifest.json", "--out", "results"]
-    res = CliRunner().invoke(main, args)
+    res = CliRunner().invoke(main, ARGS)
     assert res.exit_code == 0, res.output
     values = json.loads((tmp_path / "results/results.json").read_text())
     assert values == {
-        "finetune/mae/top1": 16.93, "finetune/mae/pretrain_epochs": 40, "detect/mae/bbox_AP": 0.0155, "detect/mae/segm_AP": 0.004,
-        "finetune/scratch_v2/top1": 11.6, "finetune/scratch_v2/pretrain_epochs": 0,
+        "finetune/mae/top1": 16.93, "pretrain/mae/epochs": 40, "detect/mae/bbox_AP": 0.0155, "detect/mae/segm_AP": 0.004,
+        "finetune/scratch_v2/top1": 11.6, "pretrain/scratch_v2/epochs": 0,
         "diversity/dino_rn50/diversity": 0.0876, "diversity/dino_rn50/diversity_std": 0.026,
     }
     assert "| mae | 40 | 16.9 | not run | not run | 0.0 | 0.0 | not run |" in (tmp_path / "results/results.md").read_text()
@@ -222,12 +245,12 @@ def test_tables_with_only_classification_metrics(tmp_path, monkeypatch):
     columns filled, `not run` everywhere else, and headers naming the embedded data."""
     monkeypatch.chdir(tmp_path)
     for s, top1 in (("scratch", 11.6), ("mae", 16.6)):
-        write(tmp_path / "metrics", "finetune", s, {"top1": top1, "epochs": 10, "labels_per_class": 0, "pretrain_epochs": 40})
+        write(tmp_path / "metrics", "finetune", s, {"top1": top1})
         write(tmp_path / "metrics", "probe", s, {"linear_top1": top1 + 1, "knn_top1": top1 - 1})
-    (tmp_path / "p.yaml").write_text("tables: {paper_values: true}\n")  # no paper columns: not the papers' data
+        write_encoder(tmp_path / "models", s, 40)
+    (tmp_path / "p.yaml").write_text("tables: {paper_values: true}\n" + FINETUNE)  # no paper columns: not the papers' data
     write_manifest(tmp_path / "data/manifest.json")
-    res = CliRunner().invoke(main, ["tables", "--params", "p.yaml", "--metrics", "metrics", "--data", "data/manifest.json",
-                                    "--out", "results"])
+    res = CliRunner().invoke(main, ARGS)
     assert res.exit_code == 0, res.output
     table = [r for r in (tmp_path / "results/results.md").read_text().splitlines() if r.startswith("|")]
     assert table == [
@@ -283,8 +306,9 @@ def test_dvc_repro_single_stage_tables_with_only_classification_metrics(tmp_path
     sh("git", "init", "-q")
     write_manifest(tmp_path / "data/manifest.json", classes={"imagenet": 3, "coco": 3, "ade20k": 3})
     for s in ("scratch", "mae"):
-        write(tmp_path / "metrics", "finetune", s, {"top1": 30.0, "epochs": 1, "labels_per_class": 0, "pretrain_epochs": 1})
+        write(tmp_path / "metrics", "finetune", s, {"top1": 30.0})
         write(tmp_path / "metrics", "probe", s, {"linear_top1": 40.0, "knn_top1": 35.0})
+        write_encoder(tmp_path / "models", s, 1)
     sh("dvc", "repro", "-s", "tables")
     md = (tmp_path / "results/results.md").read_text()
     assert "| mae | 1 | 30.0 | 40.0 | 35.0 | not run | not run | not run |" in md and "embedded 3-class k-NN" in md
@@ -295,6 +319,11 @@ def test_dvc_repro_single_stage_tables_with_only_classification_metrics(tmp_path
     assert "| mae | 1 | 30.0 | 40.0 | 35.0 | 1.0 | 0.5 | not run |" in (tmp_path / "results/results.md").read_text()
     write(tmp_path / "metrics", "probe", "mae", {"linear_top1": 41.0, "knn_top1": 35.0})  # a changed one
     assert "tables" in json.loads(sh("dvc", "status", "tables", "--json"))
+    sh("dvc", "repro", "-s", "tables")
+    write_encoder(tmp_path / "models", "mae", 2)  # a retrained encoder: its pretrain epochs cell
+    assert "tables" in json.loads(sh("dvc", "status", "tables", "--json"))
+    sh("dvc", "repro", "-s", "tables")
+    assert "| mae | 2 | 30.0 | 41.0 | 35.0 | 1.0 | 0.5 | not run |" in (tmp_path / "results/results.md").read_text()
 
     from dvc.repo import Repo
 
@@ -306,3 +335,26 @@ def test_dvc_repro_single_stage_tables_with_only_classification_metrics(tmp_path
     assert {"finetune@mae", "probe@img2vec", "detect@beit", "segment@scratch", "token-diversity@mae_vit",
             "finetune-sweep@img2vec-mae_vit"} <= writers
     assert writers <= upstream and "prepare-data" in upstream  # after every metric and the manifest
+
+
+def test_caption_names_each_fine_tune_recipe(tmp_path):
+    from stages.tables import finetune_caption
+
+    p = tmp_path / "p.yaml"
+    p.write_text(FINETUNE + "finetune_beit: {optim: {steps: 30, batch_size: 8, base_lr: 0.001}}\n")
+    assert finetune_caption(p) == ("fine-tune 4 epochs on 8 labelled images per class (low-label regime) (`finetune`); "
+                                   "fine-tune 30 steps on all labelled images (`finetune_beit`)")
+    p.write_text(FINETUNE.replace("epochs: 4", "epochs: 1").replace("labels_per_class: 8", "labels_per_class: 0"))
+    assert finetune_caption(p) == "fine-tune 1 epoch on all labelled images"
+
+
+def test_a_corrupt_encoder_file_is_one_line_error(tmp_path):
+    from mim.errors import MimError
+    from mim.report.tables import encoder_values
+
+    write_encoder(tmp_path, "mae", 40)
+    (tmp_path / "beit").mkdir()
+    (tmp_path / "beit/encoder.safetensors").write_bytes(b"\xff" * 20)
+    assert encoder_values(tmp_path, ["mae"]) == {"mae": {"epochs": 40}}
+    with pytest.raises(MimError, match="cannot read encoder .*beit/encoder.safetensors"):
+        encoder_values(tmp_path, ["mae", "beit"])

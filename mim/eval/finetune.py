@@ -215,8 +215,6 @@ def finetune(encoder: EncoderFile, data: DataRoot, cfg: FinetuneConfig, run: Run
     metrics = fit(t, run, checkpoint=checkpoint, log_dir=log_dir, config=config, desc=desc)
     if not is_main():
         return {}
-    out = {"top1": metrics["val/top1"], "top5": metrics["val/top5"], "epochs": t.budget.epochs,
-           "labels_per_class": cfg.labels_per_class}
-    if encoder.metadata.get("pretrain_epochs", "").isdigit():
-        out["pretrain_epochs"] = int(encoder.metadata["pretrain_epochs"])
-    return out
+    # Results only: the recipe (epochs, labels per class) is in the params and the run's config, the
+    # pretraining epochs in the encoder file (the tables stage reads both).
+    return {"top1": metrics["val/top1"], "top5": metrics["val/top5"]}

@@ -19,6 +19,8 @@ MISSING = "-"  # a cell or param one side does not have
 # The tables of results/, by the first part of a key: results.md holds every task but the teacher table's.
 TABLES = {"diversity": "teacher table (results/teachers.md)"}
 MAIN_TABLE = "main table (results/results.md)"
+# Where the cells of a task come from, when not from metrics/<task>/<name>.json (dvc.yaml's paths).
+CELL_FILES = {"pretrain": "models/{1}/encoder.safetensors"}
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,11 @@ def params_diff(a: Side, b: Side) -> list[tuple[str, Any, Any]]:
 def depends_on(lock: dict[str, Any], cells: list[str]) -> set[str]:
     """The params keys (as dvc.lock lists them: `mae`, `run.seed`) that the stages behind `cells` read,
     through every stage upstream of them.  A cell `<task>/<name>/<metric>` comes from the stage whose
-    outputs hold `metrics/<task>/<name>.json`; a stage is upstream when one of its outputs is a dep."""
+    outputs hold `metrics/<task>/<name>.json` (`pretrain` cells: `models/<name>/encoder.safetensors`,
+    mim/report/tables.encoder_values); a stage is upstream when one of its outputs is a dep."""
     producer = {o["path"].rstrip("/"): name for name, st in lock.items() for o in st.get("outs", [])}
-    todo = [producer[p] for p in {"metrics/{}/{}.json".format(*c.split("/")[:2]) for c in cells if c.count("/") >= 2}
-            if p in producer]
+    files = {CELL_FILES.get(k[0], "metrics/{}/{}.json").format(*k[:2]) for k in (c.split("/") for c in cells) if len(k) >= 3}
+    todo = [producer[p] for p in files if p in producer]
     seen: set[str] = set()
     while todo:
         name = todo.pop()

@@ -4,7 +4,9 @@ Rows are students, columns come from `COLUMNS` (one `Column` per metric: one lin
 Every column is always there, whichever stages have run.  A cell with no number says why, in
 the Markdown and the CSV alike: `not run` (no metrics file: that stage has not run for this
 student) or `n/a` (the file is there but has no such value, e.g. the pretrain epochs of an
-official checkpoint, or no paper number).  Explicit words rather than empty CSV cells: an empty
+official checkpoint, or no paper number).  The `pretrain` column is not read from a metrics file:
+it is what the student's encoder file records (`encoder_values`), so the metrics files hold results
+only, no echo of a recipe.  Explicit words rather than empty CSV cells: an empty
 cell cannot tell the two apart and reads like a value lost on the way; a numeric reader names
 them as missing (pandas: `read_csv(path, na_values=["not run", "n/a"])`).
 
@@ -32,6 +34,7 @@ from mim.report.reference import DEVIATIONS, Reference, describe, pick
 
 MARKERS = "".join(d.marker for d in DEVIATIONS)  # what a marked cell may end with
 Paper = dict[str, tuple[Reference, ...]]  # student -> the references of its method (mim/report/reference.py)
+Values = dict[str, dict[str, float]]  # student -> the values of one task that no metrics file holds
 
 NOT_RUN = "not run"  # no metrics/<task>/<student>.json
 NO_VALUE = "n/a"  # the metrics file has no such key (or the papers report none)
@@ -52,7 +55,7 @@ class TablesConfig:
 
 @dataclass(frozen=True)
 class Column:
-    task: str  # metrics/<task>/<student>.json
+    task: str  # metrics/<task>/<student>.json (or `pretrain`: the student's encoder file, see encoder_values)
     key: str  # key inside that JSON
     header: str  # the metric; the name of `dataset` goes before it
     decimals: int = 1
@@ -67,7 +70,7 @@ class Column:
 
 
 COLUMNS: list[Column] = [
-    Column("finetune", "pretrain_epochs", "pretrain epochs", decimals=0),
+    Column("pretrain", "epochs", "pretrain epochs", decimals=0),
     Column("finetune", "top1", "top-1 (fine-tune)", dataset="imagenet"),
     Column("probe", "linear_top1", "linear", dataset="imagenet"),
     Column("probe", "knn_top1", "k-NN", dataset="imagenet"),
@@ -120,10 +123,28 @@ def read_metrics(metrics_dir: Path, task: str, student: str) -> dict[str, float]
     return read_mapping(path, "metrics file") if path.is_file() else None
 
 
-def pretrain_epochs(metrics_dir: Path, student: str) -> float | None:
-    """The pretraining epochs a student's fine-tune metrics record (None: not run, or an official file)."""
-    m = read_metrics(metrics_dir, "finetune", student)
-    return None if m is None else m.get("pretrain_epochs")
+def encoder_values(models_dir: Path, students: list[str]) -> Values:
+    """The `pretrain` task's values: what `<models_dir>/<student>/encoder.safetensors` records of the
+    pretraining that made it (the epochs; none for an official checkpoint: `n/a`).  A student with no
+    encoder file has no entry (`not run`).  Only the file's header is read."""
+    from mim.files import safetensors_metadata
+
+    out: Values = {}
+    for s in students:
+        path = models_dir / s / "encoder.safetensors"
+        if path.is_file():
+            try:
+                epochs = float(safetensors_metadata(path, "encoder").get("pretrain_epochs", ""))
+            except ValueError:  # "official" (mim/methods/official.py): the schedule is not known
+                out[s] = {}
+            else:
+                out[s] = {"epochs": int(epochs) if epochs.is_integer() else epochs}
+    return out
+
+
+def _files(metrics_dir: Path, student: str, tasks: set[str], extra: dict[str, Values]) -> dict[str, dict[str, float] | None]:
+    """task -> a student's values: its metrics file, or the values `extra` gives for that task."""
+    return {t: extra[t].get(student) if t in extra else read_metrics(metrics_dir, t, student) for t in tasks}
 
 
 def deviations(files: dict[str, dict[str, float] | None]) -> dict[str, str]:
@@ -138,12 +159,13 @@ def deviations(files: dict[str, dict[str, float] | None]) -> dict[str, str]:
 
 def build_table(
     metrics_dir: Path, names: dict[str, str], columns: list[Column] = COLUMNS, paper: Paper | None = None,
-    students: list[str] | None = None, full: bool = False, marks: bool = False,
+    students: list[str] | None = None, full: bool = False, marks: bool = False, extra: dict[str, Values] | None = None,
 ) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of formatted cells: numbers with `decimals` decimals (every digit if `full`: the CSV),
     else NOT_RUN or NO_VALUE.  With `paper`, a "paper" and a "delta" column beside each column that has a
     reference on the papers' dataset: the reference at the student's own pretraining epochs, or why there
-    is none.  `marks`: a value measured with another protocol than the paper's carries its marker."""
+    is none.  `marks`: a value measured with another protocol than the paper's carries its marker.
+    `extra`: task -> values of the tasks that are not metrics files (`pretrain`: encoder_values)."""
     students = students if students is not None else find_students(metrics_dir, columns)
     with_paper = {c.id for refs in (paper or {}).values() for c in on_paper_data(columns, names) if any(r.cell == c.id for r in refs)}
     header = ["student"]
@@ -153,11 +175,10 @@ def build_table(
             header += [f"{c.title(names)} paper", f"{c.title(names)} delta"]
     rows = []
     for s in students:
-        # each of the student's metrics files read once: the columns', the deviations' and fine-tune's epochs
-        tasks = {c.task for c in columns} | {d.task for d in DEVIATIONS} | {"finetune"}
-        files = {t: read_metrics(metrics_dir, t, s) for t in tasks}
+        # each of the student's metrics files read once: the columns', the deviations' and the pretrain epochs
+        files = _files(metrics_dir, s, {c.task for c in columns} | {d.task for d in DEVIATIONS} | {"pretrain"}, extra or {})
         marked = deviations(files) if marks else {}
-        epochs = (files["finetune"] or {}).get("pretrain_epochs")
+        epochs = (files["pretrain"] or {}).get("epochs")
         row = [s]
         for c in columns:
             m = files[c.task]
@@ -183,15 +204,17 @@ def _fmt(x: float, signed: bool = False, decimals: int | None = 1) -> str:
     return f"{x:+.{decimals}f}" if signed else f"{x:.{decimals}f}"
 
 
-def results_values(metrics_dir: Path, columns: list[Column] = COLUMNS, students: list[str] | None = None) -> dict[str, float]:
+def results_values(metrics_dir: Path, columns: list[Column] = COLUMNS, students: list[str] | None = None,
+                   extra: dict[str, Values] | None = None) -> dict[str, float]:
     """Every number of the table, full precision, keyed `<task>/<student>/<key>` (results/results.json,
     DVC's metric: `dvc exp show`, `dvc metrics diff` and `mimrepro diff` read it).  A cell that is not
     run or has no value has no key: DVC shows those as `-`, never as a number."""
     students = students if students is not None else find_students(metrics_dir, columns)
     out: dict[str, float] = {}
     for s in students:
+        files = _files(metrics_dir, s, {c.task for c in columns}, extra or {})
         for c in columns:
-            m = read_metrics(metrics_dir, c.task, s)
+            m = files[c.task]
             value = None if m is None else m.get(c.key)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 out[f"{c.task}/{s}/{c.key}"] = value
@@ -260,16 +283,16 @@ def git_revision(cwd: Path = Path(".")) -> str:
 
 
 def sources_note(paper: Paper | None, names: dict[str, str], columns: list[Column] = COLUMNS,
-                 metrics_dir: Path | None = None) -> str:
-    """The citation of every reference the table prints (with metrics_dir: only those it picked)."""
+                 epochs: dict[str, float | None] | None = None) -> str:
+    """The citation of every reference the table prints.  With `epochs` (student -> its pretrain epochs,
+    as the `pretrain` column has them): only the reference picked for each cell, else all of them."""
     if not paper:
         return ""
     headers = {c.id: c.title(names) for c in on_paper_data(columns, names)}
     used = []
     for s, refs in paper.items():
-        epochs = pretrain_epochs(metrics_dir, s) if metrics_dir is not None else None
         for cell in dict.fromkeys(r.cell for r in refs if r.cell in headers):
-            chosen = [pick(refs, cell, epochs)[0]] if metrics_dir is not None else [r for r in refs if r.cell == cell]
+            chosen = [pick(refs, cell, epochs.get(s))[0]] if epochs is not None else [r for r in refs if r.cell == cell]
             used += [f"{s}/{headers[cell]}: {describe(r)}" for r in chosen if r is not None]
     return "Paper values: " + "; ".join(sorted(used)) + "." if used else ""
 
