@@ -3,7 +3,9 @@
 Writes an ImageNet-like tree of JPEGs (500x375, quality 90, grain: about 70 KB each, where ImageNet's
 train JPEGs average about 110 KB), packs it, then reads both through each pretraining transform in one process at 1 thread,
 alternating folder and packed batch by batch, and prints images/s and their ratio; also the
-memory each reader's list of images costs per image (tracemalloc).
+memory each reader's list of images costs per image (tracemalloc), and what shipping uint8 saves
+(mim/data/device.py): the bytes per sample through the worker queue, and the worker time of the
+old float32 path (the same transform, normalised in the worker), alternated with the others.
 
     python benchmarks/data_speed.py                  # 256 images, batches of 32, MAE and DINO transforms
     python benchmarks/data_speed.py --images 1024 --root /fast/disk/tmp
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mim.data.device import to_device
 from mim.data.images import ImageFolder
 from mim.data.packed import PackedImages, pack
 from mim.data.transforms import pretrain_transform
@@ -73,8 +76,11 @@ def main() -> None:
               f"packed {per_packed:.0f} B/image (numpy arrays, shared by forked workers)")
         transforms = {"MAE (RandomResizedCrop 224 + flip)": pretrain_transform(224, (0.2, 1.0)),
                       "DINO multi-crop (2x224 + 8x96)": MultiCropAugmentation(DataConfig())}
+        cpu = torch.device("cpu")
         for name, tf in transforms.items():
-            readers = {"folder": ImageFolder(root / "train", tf), "packed": PackedImages(root / "packed", tf)}
+            in_worker = lambda img, tf=tf: to_device(tf(img), cpu)  # noqa: E731  the float32 path: normalised in the worker
+            readers = {"folder": ImageFolder(root / "train", tf), "packed": PackedImages(root / "packed", tf),
+                       "packed, float32 in the worker": PackedImages(root / "packed", in_worker)}
             times: dict[str, list[float]] = {k: [] for k in readers}
             for start in range(0, args.images - args.batch + 1, args.batch):
                 for key, ds in readers.items():
@@ -86,6 +92,13 @@ def main() -> None:
             ratios = [f / p for f, p in zip(times["folder"], times["packed"])]
             print(f"{name}: folder {rate['folder']:.0f} img/s per core, packed {rate['packed']:.0f} img/s per core; "
                   f"packed/folder {statistics.median(ratios):.2f}x (min-max {min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} batches)")
+            sample = readers["packed"][0][0]
+            views = sample if isinstance(sample, list) else [sample]
+            nbytes = sum(v.numel() * v.element_size() for v in views)
+            floats = [f / u for f, u in zip(times["packed, float32 in the worker"], times["packed"])]
+            print(f"  uint8 from the workers: {nbytes / 1024:.0f} KB per sample instead of {4 * nbytes / 1024:.0f} KB (float32); "
+                  f"the float32 path costs the worker {statistics.median(floats):.2f}x the uint8 one "
+                  f"({rate['packed, float32 in the worker']:.0f} img/s per core)")
 
 
 if __name__ == "__main__":

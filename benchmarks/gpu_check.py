@@ -11,10 +11,13 @@ keeps what it measured):
    fwd+bwd FLOPs per image (torch.utils.flop_counter on the meta device) / the GPU's peak dense bf16
    FLOP/s (PEAK_BF16, keyed by torch.cuda.get_device_name(); 'unknown peak' otherwise), eager and
    with torch.compile (compile time included in its warm-up, reported apart);
-3. one step of every method (mae, beit, img2vec, scratch, the DINO teacher) and of fine-tune and the
-   linear probe, on the paper profile's models (params/paper.yaml) with random data at the real sizes
-   and per-GPU batches (STAGE_BATCH): the second step's time, images/s and the peak memory of the
-   stage (torch.cuda.max_memory_allocated, reset before each stage: model, optimizer state, activations);
+3. one step of every method (mae, beit, img2vec, scratch, the DINO teacher), of fine-tune and the
+   linear probe, and of the downstream stages (COCO detection: detectron2's ViTDet Mask R-CNN;
+   ADE20K segmentation: mmseg's UperNet), on the paper profile's models (params/paper.yaml) with
+   random data at the real sizes and per-GPU batches (STAGE_BATCH): the second step's time, images/s
+   and the peak memory of the stage (torch.cuda.max_memory_allocated, reset before each stage: model,
+   optimizer state, activations); a downstream stage whose library (detectron2, mmseg) does not
+   import is skipped, with the reason;
 4. with two GPUs or more, DDP equivalence: `torchrun --nproc_per_node=2` of this file's worker,
    one step of a small MAE (the smoke profile's) under DDP with the batch split in two vs one
    process on the whole batch (same weights, same masks, fp32): max abs diff of the gradients and
@@ -62,6 +65,8 @@ STAGE_BATCH = {
     "dino": 51,  # params/paper.yaml dino.optim: 4080 = 51 x 80 GPUs
     "finetune": 32,  # MAE FINETUNE.md: 1024 = 32 x 8 GPUs x 4 nodes
     "probe": 512,  # MAE FINETUNE.md linear probing: 16384 = 512 x 8 GPUs x 4 nodes
+    "detect": 1,  # detectron2 projects/ViTDet/README.md: batch 64 on 64 GPUs (params/paper.yaml detect.batch_size 64)
+    "segment": 2,  # params/paper.yaml segment.batch_size 16 = 2 x 8 GPUs (mmseg MAE 8xb2)
 }
 START = time.monotonic()
 
@@ -103,8 +108,12 @@ class Sizes:
     dino: Any
     finetune: Any
     probe: Any
+    detect: Any  # DetectConfig: its img_size is the LSJ crop
+    segment: Any  # SegmentConfig: its crop_size is the training crop
     tokenizer: dict[str, int]
     classes: int
+    det_classes: int  # COCO
+    seg_classes: int  # ADE20K
     batch: dict[str, int]
     mae_batch: int
     smoke_enc: Any = None  # the DDP check's model
@@ -112,6 +121,8 @@ class Sizes:
 
 
 def paper_sizes(mae_batch: int) -> Sizes:
+    from downstream.det_config import DetectConfig  # no detectron2 import
+    from downstream.seg import SegmentConfig  # no mmseg import
     from mim.eval.finetune import FinetuneConfig
     from mim.eval.probe import ProbeConfig
     from mim.methods import beit, img2vec, mae
@@ -123,15 +134,16 @@ def paper_sizes(mae_batch: int) -> Sizes:
         enc=section("paper", "encoder", ViTConfig), mae=section("paper", "mae", mae.Config), beit=section("paper", "beit", beit.Config),
         img2vec=section("paper", "img2vec", img2vec.Config), dino=section("paper", "dino", dino.Config),
         finetune=section("paper", "finetune", FinetuneConfig), probe=section("paper", "probe", ProbeConfig),
+        detect=section("paper", "detect", DetectConfig), segment=section("paper", "segment", SegmentConfig),
         tokenizer={"n_hid": 256, "n_blk_per_group": 2, "vocab_size": int(tok["model"]["vocab_size"]),  # dall_e.Encoder's defaults
                    "image_size": int(tok["model"]["image_size"])},
-        classes=1000, batch=dict(STAGE_BATCH), mae_batch=mae_batch,
+        classes=1000, det_classes=80, seg_classes=150, batch=dict(STAGE_BATCH), mae_batch=mae_batch,
         smoke_enc=section("smoke", "encoder", ViTConfig), smoke_mae=section("smoke", "mae", mae.Config).model,
     )
 
 
 def dry_sizes() -> Sizes:
-    """Tiny models of the same kinds: a 32 px ViT of width 64, depth 2; small heads and crops."""
+    """Tiny models of the same kinds: a 32 px ViT of width 64, depth 2; small heads and crops (detect, segment: 64 px)."""
     s = paper_sizes(4)
     r = dataclasses.replace
     enc = r(s.enc, img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
@@ -143,8 +155,12 @@ def dry_sizes() -> Sizes:
         img2vec=r(s.img2vec, model=r(s.img2vec.model, block_size=2, decoder_dim=32, decoder_depth=1, decoder_heads=2, head_hidden=64)),
         dino=r(d, model=r(d.model, head=r(d.model.head, out_dim=256, hidden_dim=64, bottleneck_dim=32)),
                data=r(d.data, global_size=32, local_size=16, n_local=2)),
+        # 8x8 patch grids, narrow heads; pyramid strides 4/8/16 + max-pooled 32 (SimpleFeaturePyramid has no 0.25: params/micro.yaml's)
+        detect=r(s.detect, img_size=64, window_size=4, global_blocks=(1,), scale_factors=(2.0, 1.0, 0.5), fpn_channels=32,
+                 box_head_convs=(32,), box_head_fcs=(64,), mask_head_dims=(32, 32), roi_batch_per_image=64),
+        segment=r(s.segment, crop_size=64, out_blocks=(1, 1, 2, 2), head_channels=32, aux_channels=16, slide_stride=32),
         tokenizer={"n_hid": 64, "n_blk_per_group": 1, "vocab_size": 512, "image_size": enc.grid * 8},  # dall_e.Encoder's minimum
-        classes=10, batch={k: 2 for k in STAGE_BATCH},
+        classes=10, det_classes=3, seg_classes=4, batch={k: 2 for k in STAGE_BATCH},
         smoke_enc=enc, smoke_mae=r(s.mae.model, decoder_dim=32, decoder_depth=1, decoder_heads=2),
     )
 
@@ -262,6 +278,20 @@ def mae_throughput(s: Sizes, ctx: Ctx, steps: int, warmup: int, compiled: bool) 
 
 # --- 3. one step per stage --------------------------------------------------------------------------------
 StageFn = Callable[[Sizes, Ctx], tuple[str, int, Callable[[], None], nn.Module]]
+
+
+class Unavailable(Exception):
+    """A downstream stage's library (detectron2, mmseg) does not import: the stage is skipped, not failed."""
+
+
+def optional(load: Callable[[], Any]) -> Any:
+    """load() (imports of an optional library); Unavailable with its one-line reason when they fail."""
+    from mim.errors import MimError
+
+    try:
+        return load()
+    except (ImportError, MimError) as e:  # the install hints of downstream/det_install.py, downstream/mmseg_env.py
+        raise Unavailable(str(e).splitlines()[0][:300] if str(e) else type(e).__name__) from None
 
 
 def stage_mae(s: Sizes, ctx: Ctx) -> tuple[str, int, Callable[[], None], nn.Module]:
@@ -426,15 +456,134 @@ def stage_probe(s: Sizes, ctx: Ctx) -> tuple[str, int, Callable[[], None], nn.Mo
     return desc, b, step, nn.ModuleList([encoder, head])
 
 
+def coco_image(size: int, n_boxes: int, classes: int, dev: torch.device) -> dict[str, Any]:
+    """One training image as detectron2's DatasetMapper hands it to the model after ViTDet's LSJ
+    (detectron2/data/dataset_mapper.py; projects/ViTDet/configs/common/coco_loader_lsj.py): a size x size
+    crop, "image" (3, H, W) uint8 RGB, "instances" with gt_boxes (N, 4) XYXY, gt_classes (N,) and
+    gt_masks (N, H, W); random rectangles, each box its mask's extent (recompute_boxes).  COCO's
+    polygons come as PolygonMasks; BitMasks give the mask head the same (N, 28, 28) targets."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    lo = torch.randint(0, size // 2, (n_boxes, 2))  # (N, 2) x0, y0
+    hi = (lo + torch.randint(size // 8, size // 2 + 1, (n_boxes, 2))).clamp(max=size)  # (N, 2) x1, y1
+    yy, xx = torch.arange(size)[None, :, None], torch.arange(size)[None, None, :]  # (1, H, 1), (1, 1, W)
+    masks = (xx >= lo[:, 0, None, None]) & (xx < hi[:, 0, None, None]) & (yy >= lo[:, 1, None, None]) & (yy < hi[:, 1, None, None])
+    inst = Instances((size, size))
+    inst.gt_boxes = Boxes(torch.cat([lo, hi], 1).float().to(dev))  # (N, 4)
+    inst.gt_classes = torch.randint(0, classes, (n_boxes,), device=dev)  # (N,)
+    inst.gt_masks = BitMasks(masks.to(dev))  # (N, H, W) bool
+    image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, device=dev)  # (3, H, W)
+    return {"image": image, "height": size, "width": size, "instances": inst}
+
+
+def stage_detect(s: Sizes, ctx: Ctx) -> tuple[str, int, Callable[[], None], nn.Module]:
+    """downstream/det.py's ViTDet Mask R-CNN and layer-decay AdamW (build_config), one SimpleTrainer step
+    (detectron2/engine/train_loop.py: the summed losses, backward, step); a random backbone."""
+
+    def load() -> Any:
+        from downstream.det_install import hide_known_warnings, require_detectron2
+
+        hide_known_warnings()
+        require_detectron2()
+        from downstream import det
+
+        return det
+
+    det = optional(load)
+    from detectron2.config import instantiate
+    from detectron2.utils.events import EventStorage
+
+    from mim.engine import RunConfig
+
+    b, d, k, n_boxes = s.batch["detect"], s.detect, s.det_classes, 8  # COCO train2017: 7.3 instances per image
+    unused = Path("gpu-check-unused")  # build_config only names these paths (datasets, outputs); nothing is read or written
+    job = det.DetectJob(student="random", encoder=unused / "encoder.safetensors", coco=det.CocoPaths(root=unused), det=d,
+                        run=RunConfig(amp=ctx.amp), checkpoint_dir=unused, log_dir=unused)
+    cfg = det.build_config(job, s.enc, k)
+    model = instantiate(cfg.model).to(ctx.dev).train()
+    cfg.optimizer.params.model = model
+    opt = instantiate(cfg.optimizer)
+    batch = [coco_image(d.img_size, n_boxes, k, ctx.dev) for _ in range(b)]
+
+    def step() -> None:
+        with EventStorage(0), ctx.autocast():  # the RPN and RoI heads log into an event storage
+            loss = sum(model(batch).values())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    desc = (f"ViTDet Mask R-CNN (detectron2), {d.img_size}px LSJ crops, window {d.window_size} + global blocks "
+            f"{list(d.global_blocks)}, {k} classes, {n_boxes} boxes/image, layer decay {d.layer_decay}, AdamW")
+    return desc, b, step, model
+
+
+def stage_segment(s: Sizes, ctx: Ctx) -> tuple[str, int, Callable[[], None], nn.Module]:
+    """downstream/seg.py's UperNet + FCN auxiliary head on MimViT and its layer-decay optimizer wrapper
+    (build_config), one mmengine train_step (preprocess, loss, summed losses, backward, step); a random
+    student written to a temporary encoder file (MimViT reads one)."""
+
+    def load() -> Any:
+        from downstream import seg_mm  # import_mmseg() (the mmcv._ext stand-in), registers MimViT, LayerDecayConstructor
+
+        seg_mm.quiet_known_warnings()
+        return seg_mm
+
+    optional(load)
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmengine.structures import PixelData
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+
+    from downstream.seg import SegData, build_config
+    from mim.encoder_file import save_encoder
+    from mim.engine import RunConfig
+    from mim.vit import ViTEncoder
+
+    b, c, k = s.batch["segment"], s.segment, s.seg_classes
+    with tempfile.TemporaryDirectory() as tmp:
+        enc = Path(tmp) / "encoder.safetensors"
+        save_encoder(enc, ViTEncoder(s.enc))
+        data = SegData(root=Path(tmp), classes=tuple(f"class_{i}" for i in range(1, k + 1)))
+        cfg = build_config(c, RunConfig(amp=ctx.amp), data, enc, Path(tmp) / "work", cuda=ctx.dev.type == "cuda")
+        init_default_scope(cfg["default_scope"])  # as mmengine's Runner does
+        model = revert_sync_batchnorm(MODELS.build(cfg["model"])).to(ctx.dev).train()  # SyncBN -> BN in one process, as the Runner
+    optim = build_optim_wrapper(model, cfg["optim_wrapper"])
+    # mmseg's PackSegInputs after RandomResize/RandomCrop (mmseg/datasets/transforms/formatting.py; mmseg/structures/
+    # seg_data_sample.py): inputs (3, H, W) uint8, gt_sem_seg (1, H, W) labels 0..K-1 and 255 (ADE's 0, reduce_zero_label)
+    crop = c.crop_size
+    samples = []
+    for _ in range(b):
+        labels = torch.randint(0, k + 1, (1, crop, crop), device=ctx.dev)
+        labels[labels == k] = 255
+        meta = {"img_shape": (crop, crop), "ori_shape": (crop, crop), "pad_shape": (crop, crop), "flip": False, "reduce_zero_label": True}
+        samples.append(SegDataSample(gt_sem_seg=PixelData(data=labels), metainfo=meta))
+    batch = {"inputs": [torch.randint(0, 256, (3, crop, crop), dtype=torch.uint8, device=ctx.dev) for _ in range(b)],
+             "data_samples": samples}
+
+    def step() -> None:
+        with ctx.autocast():  # on CUDA the AmpOptimWrapper (bf16) also autocasts
+            model.train_step(batch, optim)
+
+    desc = (f"UperNet + FCN aux (mmseg) on MimViT blocks {list(c.out_blocks)}, {crop}px crops, rel pos bias {c.rel_pos_bias}, "
+            f"LayerScale {c.layer_scale}, {k} classes, layer decay {c.layer_decay}, {type(optim).__name__} AdamW")
+    return desc, b, step, model
+
+
 STAGES: dict[str, StageFn] = {"mae": stage_mae, "beit": stage_beit, "img2vec": stage_img2vec, "scratch": stage_scratch,
-                              "dino": stage_dino, "finetune": stage_finetune, "probe": stage_probe}
+                              "dino": stage_dino, "finetune": stage_finetune, "probe": stage_probe, "detect": stage_detect,
+                              "segment": stage_segment}
 
 
 def run_stage(name: str, fn: StageFn, s: Sizes, ctx: Ctx) -> dict[str, Any]:
     ctx.reset_memory()
     torch.manual_seed(0)
     t = time.perf_counter()
-    desc, batch, step, model = fn(s, ctx)
+    try:
+        desc, batch, step, model = fn(s, ctx)
+    except Unavailable as e:
+        return {"stage": name, "skipped": f"skipped: {e}"}
     ctx.sync()
     build_s = time.perf_counter() - t
     step()  # the first step: cuDNN autotuning, allocator growth, lazy state
@@ -557,7 +706,8 @@ class Report:
         lines += ["", title,
                   "", "Time of the second step (the first warms up); peak memory from torch.cuda.max_memory_allocated, reset per stage; "
                   "per-GPU batches from STAGE_BATCH in benchmarks/gpu_check.py (the paper's batch over its GPUs); params: trained "
-                  "and frozen modules the stage holds (DINO: student + EMA teacher; Img2Vec: without its teacher).", "",
+                  "and frozen modules the stage holds (DINO: student + EMA teacher; Img2Vec: without its teacher); detect, segment: "
+                  "random backbones, images at detect.img_size (LSJ crops) / segment.crop_size.", "",
                   "| stage | model | params M | batch | step s | images/s | peak memory GiB | build s |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in self.stages:
@@ -633,7 +783,9 @@ def main() -> None:
         r = guarded(report, f"stage {name}", lambda fn=fn, name=name: run_stage(name, fn, s, ctx))
         r.setdefault("stage", name)
         report.stages.append(r)
-        if "error" not in r:
+        if "skipped" in r:
+            say(f"{name}: {r['skipped']}")
+        elif "error" not in r:
             say(f"{name}: {r['model']}; batch {r['batch']}, {r['step_s']:.3f} s/step, {r['images_s']:.1f} img/s, "
                 f"peak {gib(r['peak_gib'])} GiB")
         ctx.reset_memory()

@@ -35,6 +35,7 @@ would report detection numbers for a half-random backbone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -99,6 +100,9 @@ def vit_kwargs(
         num_heads=enc.num_heads,
         mlp_ratio=enc.mlp_ratio,
         qkv_bias=True,
+        # the encoder's LayerNorm eps (mim/vit.py, timm's ViT); detectron2's ViT defaults to 1e-5, and its
+        # stock ViTDet config (detectron2 configs/common/models/mask_rcnn_vitdet.py) sets 1e-6 as here
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
         drop_path_rate=drop_path,
         window_size=window_size,
         window_block_indexes=window,

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from mim.checkpoint import load_checkpoint, save_checkpoint
 from mim.config import Betas, Check, Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt
+from mim.data.device import to_device
 from mim.data.loaders import TrainLoader, seed_everything, step_seed
 from mim.dist import all_sum, is_main, rank, world_size
 from mim.errors import MimError
@@ -310,7 +311,7 @@ def _fit(task: Task, run: RunConfig, checkpoint: Path, log_dir: Path, config: di
                     sync = m + 1 == accum  # DDP all-reduces the gradients on the last micro-step only
                     with ddp.no_sync() if ddp is not None and not sync else contextlib.nullcontext():
                         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                            loss, logs = task.step(train_model, _to(batch, dev))
+                            loss, logs = task.step(train_model, to_device(batch, dev))  # uint8 images normalised there
                         (loss / accum).backward()
                     pending.append(loss.detach().float())
                     for key, v in {"loss": loss, **logs}.items():
@@ -514,16 +515,6 @@ def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool 
     if cfg.optimizer == "lars":  # facebookresearch/dino main_dino.py: utils.LARS for convnets and large batches
         return LARS(groups, lr=scaled_lr(cfg), weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     raise MimError(f"unknown optimizer {cfg.optimizer!r}; choose adamw, sgd or lars")
-
-
-def _to(batch: Any, dev: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(dev, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(b, dev) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to(v, dev) for k, v in batch.items()}
-    return batch
 
 
 def rollback_logs(log_dir: Path, step: int, metrics: dict[str, float]) -> None:

@@ -1,6 +1,7 @@
 """The benchmark scripts run and print what their docstrings promise (tiny sizes, CPU; about 1 minute in all)."""
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RATIO = r"\d+\.\d+x \(min-max \d+\.\d+-\d+\.\d+\)"  # median (min-max) of the per-pair ratios
 STAGES = ("mae", "beit", "img2vec", "scratch", "dino", "finetune", "probe")
+DOWNSTREAM = {"detect": ("detectron2", "ViTDet Mask R-CNN"), "segment": ("mmseg", "UperNet")}  # stage: (library, model)
 
 
 def run(args: list[str], timeout: float = 120) -> str:
@@ -25,13 +27,19 @@ def test_gpu_check_dry_writes_every_stage(tmp_path: Path) -> None:
     real = ROOT / "benchmarks" / "RESULTS.md"
     before = real.read_bytes() if real.exists() else None
     out = tmp_path / "RESULTS.md"
-    log = run(["bash", "benchmarks/gpu_check.sh", "--dry", "--out", str(out)], timeout=120)
+    log = run(["bash", "benchmarks/gpu_check.sh", "--dry", "--out", str(out)], timeout=240)
     assert "torch.compile: skipped in --dry" in log
     text = out.read_text()
     assert "DRY RUN" in text and "## Machine" in text and "| torch |" in text and "| CPUs |" in text
     assert re.search(r"^\| eager \| \d+ \| \d+\.\d+ \| \d+\.\d+ \|.*\| unknown peak \|", text, re.M), text
     for stage in STAGES:  # a row with its batch, step time and images/s
         assert re.search(rf"^\| {stage} \| [^|]+ \| \d+\.\d+ \| \d+ \| \d+\.\d+ \| \d+\.\d+ \|", text, re.M), f"{stage}:\n{text}"
+    for stage, (lib, model) in DOWNSTREAM.items():  # one step each where the library imports, else skipped with the reason
+        if importlib.util.find_spec(lib):
+            assert re.search(rf"^\| {stage} \| {model} [^|]+ \| \d+\.\d+ \| \d+ \| \d+\.\d+ \| \d+\.\d+ \|", text, re.M), text
+            assert re.search(rf"\] {stage}: {model} .*; batch \d+, \d+\.\d+ s/step", log), log
+        else:
+            assert re.search(rf"^\| {stage} \| skipped: \S", text, re.M), text
     assert re.search(r"max abs diff of the gradients \S+ .*of the updated weights \S+: equivalent", text), text
     assert "FAILED" not in text
     assert (real.read_bytes() if real.exists() else None) == before  # --dry never writes the real report

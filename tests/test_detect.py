@@ -66,7 +66,8 @@ def test_converted_vit_computes_the_encoder(layer_scale):
     with torch.no_grad():
         ours = enc.forward_blocks(enc.embed(x))  # (N, L, D) patch tokens, no cls (ViTDet has none)
         theirs = vit(x)["last_feat"].flatten(2).transpose(1, 2)  # (N, D, h, w) -> (N, L, D)
-    assert torch.allclose(ours, theirs, atol=1e-4)
+    assert torch.allclose(ours, theirs, atol=1e-5)  # the same LayerNorm eps (1e-6) as the encoder
+    assert all(m.eps == 1e-6 for m in vit.modules() if isinstance(m, torch.nn.LayerNorm))
 
 
 @pytest.mark.detectron2

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from imagefolders import make_imagenet
+from mim.data.device import normalize
 from mim.data.images import DataRoot
 from mim.data.transforms import eval_transform
 from mim.encoder_file import save_encoder
@@ -117,7 +118,7 @@ def test_augmented_protocol_draws_new_views_every_epoch_and_never_trains_the_enc
     assert not torch.allclose(per_image[0], per_image[1], atol=1e-4)  # fresh crops and flips in epoch 2
     centre = root.images("train", eval_transform(TINY.img_size))
     with torch.no_grad():
-        cached = torch.stack([enc.forward_features(img[None])[0, 0] for img, _ in centre])  # (N, D)
+        cached = torch.stack([enc.forward_features(normalize(img[None]))[0, 0] for img, _ in centre])  # (N, D); uint8 from the transform
     assert not torch.allclose(per_image[0], cached[:, 0].sort().values, atol=1e-4)  # not the centre crops
     assert all(not p.requires_grad and p.grad is None for p in enc.parameters())
     assert not enc.training

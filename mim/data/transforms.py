@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from torchvision import transforms as T
 
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD
-
 
 def pretrain_transform(img_size: int, crop_scale: tuple[float, float]) -> T.Compose:
     """MAE pretraining augmentation: RandomResizedCrop(scale) + horizontal flip, nothing else
@@ -17,8 +15,7 @@ def pretrain_transform(img_size: int, crop_scale: tuple[float, float]) -> T.Comp
         [
             T.RandomResizedCrop(img_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC),
             T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.PILToTensor(),  # uint8: normalised on the device (mim/data/device.py)
         ]
     )
 
@@ -29,7 +26,6 @@ def eval_transform(img_size: int) -> T.Compose:
         [
             T.Resize(int(img_size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
             T.CenterCrop(img_size),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.PILToTensor(),  # uint8: normalised on the device (mim/data/device.py)
         ]
     )

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mim.config import NonNegInt, PosInt
+from mim.data.device import to_device
 from mim.data.images import DataRoot
 from mim.data.loaders import eval_loader
 from mim.data.transforms import eval_transform
@@ -87,7 +88,7 @@ def score_teacher(teacher: Teacher, batches: Iterable[torch.Tensor | tuple[torch
     meter = DiversityMeter()
     for batch in batches:
         imgs = batch[0] if isinstance(batch, (tuple, list)) else batch
-        meter.update(require_finite(teacher.tokens(imgs.to(device)).float(), f"teacher {teacher.name}'s tokens"))  # (B, h, w, C)
+        meter.update(require_finite(teacher.tokens(to_device(imgs, device)).float(), f"teacher {teacher.name}'s tokens"))  # (B, h, w, C)
     return meter.result()
 
 

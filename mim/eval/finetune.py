@@ -17,16 +17,18 @@ from typing import Annotated, Any
 
 import torch
 from timm.data import Mixup, create_transform
+from timm.data.random_erasing import RandomErasing
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import Dataset
 
 from mim import dist
 from mim.config import DropRate, Fraction, LayerDecay, NonNegFloat, NonNegInt, PosInt, Scale, to_dict
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot
+from mim.data.device import to_device
+from mim.data.images import DataRoot
 from mim.data.loaders import eval_loader
 from mim.encoder_file import EncoderFile
-from mim.engine import OptimConfig, RunConfig, Task, fit, is_main, make_task, require_finite
+from mim.engine import OptimConfig, RunConfig, Task, device, fit, is_main, make_task, require_finite
 from mim.errors import MimError
 from mim.param_groups import layer_decay_groups
 from mim.vit import ViTEncoder
@@ -118,15 +120,21 @@ class ViTClassifier(nn.Module):
 
 
 def finetune_transforms(img_size: int, cfg: FinetuneConfig) -> tuple[Any, Any]:
-    """(train, eval) transforms: RandAug + random erasing for training, resize + centre crop (0.875) for eval."""
-    train = create_transform(
-        img_size, is_training=True, scale=cfg.crop_scale, auto_augment=cfg.auto_augment, interpolation="bicubic",
-        re_prob=cfg.reprob,
-        re_mode="pixel", re_count=1, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    )
+    """(train, eval) transforms, to uint8 tensors (normalised on the device: mim/data/device.py): RandAug
+    for training (its random erasing is `random_erasing`, on the device), resize + centre crop (0.875) for
+    eval.  timm's `use_prefetcher=True` recipe, which its PrefetchLoader completes (timm/data/loader.py)."""
+    train = create_transform(img_size, is_training=True, scale=cfg.crop_scale, auto_augment=cfg.auto_augment,
+                             interpolation="bicubic", use_prefetcher=True)
     _clamp_posterize(train)
-    val = create_transform(img_size, is_training=False, interpolation="bicubic", crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    val = create_transform(img_size, is_training=False, interpolation="bicubic", crop_pct=0.875, use_prefetcher=True)
     return train, val
+
+
+def random_erasing(cfg: FinetuneConfig, dev: torch.device) -> RandomErasing | None:
+    """The recipe's random erasing (MAE main_finetune.py: reprob, mode pixel, count 1) of a normalised batch
+    on `dev`, as timm's PrefetchLoader applies it: after normalisation, before mixup.  It draws from python's
+    and torch's streams, which the engine seeds per micro-step (mim/data/loaders.step_seed)."""
+    return RandomErasing(cfg.reprob, mode="pixel", max_count=1, device=str(dev)) if cfg.reprob > 0 else None
 
 
 def _clamp_posterize(transform: Any) -> None:
@@ -150,7 +158,7 @@ def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, topk: tuple[in
     correct = {k: 0 for k in topk}
     total = 0
     for imgs, labels in eval_loader(dataset, batch_size, num_workers=num_workers):
-        logits = require_finite(model(imgs.to(dev)).float(), "the fine-tuned classifier's logits")
+        logits = require_finite(model(to_device(imgs, dev)).float(), "the fine-tuned classifier's logits")
         labels = labels.to(dev)
         top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices  # (N, k)
         hit = top == labels[:, None]
@@ -178,8 +186,12 @@ def finetune_task(encoder: EncoderFile, data: DataRoot, cfg: FinetuneConfig, run
     else:
         criterion = nn.CrossEntropyLoss()
 
+    erase = random_erasing(cfg, device())
+
     def step(m: nn.Module, b: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         imgs, labels = b
+        if erase is not None:
+            imgs = erase(imgs)  # in place, on the normalised batch
         if mixup is not None:
             imgs, labels = mixup(imgs, labels)  # soft targets (N, classes)
         return criterion(m(imgs), labels), {}

@@ -30,7 +30,8 @@ from torchvision.transforms import functional as TF
 
 from mim import dist
 from mim.config import Momentum, NonNegFloat, NonNegInt, PosFloat, PosInt, to_dict
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot
+from mim.data.device import to_device
+from mim.data.images import DataRoot
 from mim.data.loaders import eval_loader
 from mim.data.transforms import eval_transform
 from mim.encoder_file import EncoderFile
@@ -87,7 +88,7 @@ def extract_features(encoder: ViTEncoder, dataset: Dataset, batch_size: int, amp
     feats, labels = [], []
     for imgs, y in eval_loader(dataset, batch_size, num_workers=num_workers):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
-            x = encoder.forward_features(imgs.to(dev, non_blocking=True))[:, 0]  # (N, D)
+            x = encoder.forward_features(to_device(imgs, dev))[:, 0]  # (N, D)
         feats.append(require_finite(x.float(), "the encoder's features"))
         labels.append(y.to(dev))
     return dist.gather_rows(torch.cat(feats)), dist.gather_rows(torch.cat(labels))
@@ -179,8 +180,7 @@ def linprobe_transform(img_size: int) -> T.Compose:
     return T.Compose([
         RandomResizedCrop(img_size, interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.PILToTensor(),  # uint8: normalised on the device (mim/data/device.py)
     ])
 
 

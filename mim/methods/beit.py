@@ -33,7 +33,6 @@ from torchvision.transforms import ColorJitter, InterpolationMode, RandomResized
 from torchvision.transforms import functional as TF
 
 from mim.config import DropRate, NonNegFloat, OpenFraction, PosFloat, PosInt, Range, Scale
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD
 from mim.engine import OptimConfig, Task, make_task
 from mim.errors import MimError
 from mim.masking import blockwise_mask
@@ -148,7 +147,7 @@ class BEiTTransform:
         i, j, h, w = RandomResizedCrop.get_params(img, list(self.cfg.data.crop_scale), [3 / 4, 4 / 3])
         view = TF.resized_crop(img, i, j, h, w, [self.size, self.size], InterpolationMode.BICUBIC)
         tok_view = TF.resized_crop(img, i, j, h, w, [self.tok_size, self.tok_size], InterpolationMode.LANCZOS)
-        view_t = TF.normalize(TF.to_tensor(view), IMAGENET_MEAN, IMAGENET_STD)
+        view_t = TF.pil_to_tensor(view)  # uint8: normalised on the device (mim/data/device.py)
         m = self.cfg.model
         mask = blockwise_mask(self.grid, self.grid, self.num_masked, min_num_patches=m.min_num_patches, min_aspect=m.min_aspect).mask
         return view_t, TF.to_tensor(tok_view), mask

@@ -30,7 +30,8 @@ from torch import nn
 from torchvision import transforms as T
 
 from mim.config import DropRate, Fraction, Momentum, NonNegInt, PosFloat, PosInt, Scale
-from mim.data.images import IMAGENET_MEAN, IMAGENET_STD, DataRoot, ImageFolder
+from mim.data.device import to_device
+from mim.data.images import DataRoot, ImageFolder
 from mim.data.loaders import eval_loader
 from mim.data.transforms import eval_transform
 from mim.dist import gather_rows
@@ -165,7 +166,7 @@ class MultiCropAugmentation:
                 T.RandomGrayscale(p=0.2),
             ]
         )
-        norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        norm = T.PILToTensor()  # uint8: normalised on the device (mim/data/device.py)
         bicubic = T.InterpolationMode.BICUBIC
 
         def crop(size: int, scale: tuple[float, float]) -> T.RandomResizedCrop:
@@ -405,7 +406,7 @@ def task(cfg: Config, run: RunConfig, data: DataRoot) -> Task:
         backbone = dino.teacher.backbone
         feats, labels = [], []
         for x, y in eval_loader(dataset, 64, num_workers=run.num_workers):
-            x = x.to(device(), non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = to_device(x, device()).contiguous(memory_format=torch.channels_last)
             feats.append(require_finite(pooled(backbone, x).float(), "the DINO teacher's k-NN features"))  # (B, C) pooled last stage
             labels.append(y.to(device()))
         return gather_rows(torch.cat(feats)), gather_rows(torch.cat(labels))
