@@ -198,6 +198,11 @@ def test_all_experiments_over_the_seed_pools_rows():
     assert [g.name for g in groups] == ["base-s0 + base-s1 + base-s2", "mr06-s0 + mr06-s1"]
     out = render_many(groups, sort_by="finetune/mae/top1")
     assert out.splitlines()[1].startswith("mr06-s0 + mr06-s1") and "19 ± 1.414 (2)" in out and "16 ± 1 (3)" in out
+    # one recipe over seeds is one row: the seed table, the cells the seed moves (not those it leaves)
+    one = group_by([Side(f"base-s{i}", {"finetune/mae/top1": 16.0 + d, "probe/mae/knn_top1": 0.0077}, {"m": 0.75, "run.seed": i})
+                    for i, d in enumerate((-1.0, 0.0, 1.0))], ("run.seed",))
+    table = render_many(one)
+    assert len(one) == 1 and "16 ± 1 (3)" in table and "probe/mae/knn_top1" not in table, table
 
 
 def test_comma_separated_sides_pool_folders(tmp_path):

@@ -11,6 +11,7 @@ plain data; stages/diff.py finds and reads the sides (folders, git revisions, ex
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +48,9 @@ def pool(name: str, sides: list[Side]) -> Side:
     values, std, n = {}, {}, {}
     for key in sorted({k for s in sides for k in s.values}):
         xs = [s.values[key] for s in sides if key in s.values]
-        mean = sum(xs) / len(xs)
-        values[key], n[key] = mean, len(xs)
-        std[key] = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        # statistics' exact arithmetic: equal values pool to themselves with std 0, not 1e-18 (a cell that "varies")
+        values[key], n[key] = statistics.mean(xs), len(xs)
+        std[key] = statistics.stdev(xs) if len(xs) > 1 else 0.0
     keys = {k for s in sides for k in s.params}
     params = {k: sides[0].params.get(k, MISSING) if len({repr(s.params.get(k, MISSING)) for s in sides}) == 1 else VARIES
               for k in sorted(keys)}
@@ -201,10 +202,12 @@ def group_by(sides: list[Side], over: tuple[str, ...]) -> list[Side]:
 
 
 def render_many(sides: list[Side], sort_by: str | None = None, markdown: bool = False) -> str:
-    """One row per side, a column per param that differs across them and per cell that does; a
-    pooled side's cells read mean ± std (n)."""
+    """One row per side, a column per param that differs across them and per cell that does, or that
+    varies within a pooled side (one recipe over seeds is one row: its cells that the seed moves);
+    a pooled side's cells read mean ± std (n)."""
     params = sorted(k for k in {k for s in sides for k in s.params} if len({repr(s.params.get(k, MISSING)) for s in sides}) > 1)
-    cells = sorted(k for k in {k for s in sides for k in s.values} if len({s.cell(k) for s in sides}) > 1)
+    cells = sorted(k for k in {k for s in sides for k in s.values}
+                   if len({s.cell(k) for s in sides}) > 1 or any(s.n.get(k, 1) > 1 and s.std.get(k, 0.0) > 0 for s in sides))
     if sort_by is not None:
         sides = sorted(sides, key=lambda s: (s.values.get(sort_by) is None, -(s.values.get(sort_by) or 0.0)))
     rows = [(s.name, *(str(s.params.get(k, MISSING)) for k in params), *(s.cell(k) for k in cells)) for s in sides]
