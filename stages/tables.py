@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from stages.common import dir_option, file_option, finetune_sections, load, params_option
+from stages.common import dir_option, file_option, finetune_sections, load, params_option, section
 
 
 @click.command("tables")
@@ -70,15 +70,18 @@ def tables(metrics_dir: Path, models_dir: Path, out_dir: Path, data: Path, param
 
 def finetune_caption(params_path: Path) -> str:
     """The fine-tune recipes of the params file, in words: one when every section has the same length
-    and labels, else each with the sections that use it."""
-    from mim.eval.finetune import FinetuneConfig
+    and labels, else each with the sections that use it.
 
+    Three plain keys of each section, not mim.eval.finetune.FinetuneConfig: that module brings torch,
+    timm and the engine (about 5 s here, and every one of their files as a code dep of this stage).
+    check-params, upstream of this stage, has validated the sections against FinetuneConfig."""
     regimes: dict[str, list[str]] = {}
     for name in finetune_sections(params_path):
-        ft = load(params_path, name, FinetuneConfig)
-        o = ft.optim
-        length = f"{o.epochs} epoch{'' if o.epochs == 1 else 's'}" if o.epochs else f"{o.steps} steps"
-        on = f"{ft.labels_per_class} labelled images per class (low-label regime)" if ft.labels_per_class else "all labelled images"
+        ft = section(params_path, name)
+        epochs, steps = ft["optim"].get("epochs"), ft["optim"].get("steps")  # OptimConfig: exactly one is set
+        labels = ft.get("labels_per_class", 0)  # FinetuneConfig's default, 0: every label
+        length = f"{epochs} epoch{'' if epochs == 1 else 's'}" if epochs else f"{steps} steps"
+        on = f"{labels} labelled images per class (low-label regime)" if labels else "all labelled images"
         regimes.setdefault(f"fine-tune {length} on {on}", []).append(name)
     if len(regimes) == 1:
         return next(iter(regimes))
